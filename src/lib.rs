@@ -1,0 +1,8 @@
+//! veilfs: mount an end-to-end encrypted cloud drive (MEGA or Filen) as a local folder.
+//!
+//! The layout follows `DESIGN.md`: `crypto` holds pure functions with no I/O; every other
+//! module builds on it.
+
+pub mod crypto;
+pub mod mega;
+pub mod retry;

@@ -1,0 +1,398 @@
+//! File transfers: encrypted upload in chunk-aligned POSTs, ranged download.
+//!
+//! Uploads read plaintext from a local file, compute the chunk MACs (interleaved, see
+//! `crypto::mega::chunk_macs`) and the CTR ciphertext, and POST whole MAC chunks to
+//! `<upload URL>/<offset>`, several at once. The POST that completes the file answers the
+//! completion token that `p` turns into a node.
+
+use bytes::Bytes;
+use serde_json::json;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::api::{ApiClient, is_retryable, network_error};
+use super::error::{ErrorCode, MegaError, Result};
+use crate::crypto::mega::{self as mc, FileKey};
+
+/// Bytes per upload POST: whole MAC chunks up to this size. Large enough to amortise the HTTP
+/// round trip, small enough that a retried POST costs little.
+const UPLOAD_POST_BYTES: u64 = 8 * 1024 * 1024;
+/// POSTs in flight at once per upload.
+const UPLOAD_PARALLELISM: usize = 4;
+
+/// Whether transfers must use HTTPS (`ssl: 2`) even where MEGA would hand out plain HTTP URLs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TransferOptions {
+    pub force_https: bool,
+}
+
+impl TransferOptions {
+    fn ssl(self) -> u8 {
+        if self.force_https { 2 } else { 0 }
+    }
+}
+
+/// The outcome of a finished upload: what `p` needs to create the node.
+#[derive(Debug, Clone)]
+pub struct UploadedData {
+    /// The completion token, base64, for the node's `h`.
+    pub token: String,
+    pub meta_mac: [u8; 8],
+    pub size: u64,
+}
+
+/// Byte ranges of the upload POSTs: whole MAC chunks, each POST at most [`UPLOAD_POST_BYTES`].
+pub fn upload_posts(size: u64) -> Vec<std::ops::Range<u64>> {
+    let mut posts: Vec<std::ops::Range<u64>> = Vec::new();
+    for chunk in mc::chunk_spans(size) {
+        match posts.last_mut() {
+            Some(last) if chunk.end - last.start <= UPLOAD_POST_BYTES => last.end = chunk.end,
+            _ => posts.push(chunk),
+        }
+    }
+    posts
+}
+
+/// Uploads the plaintext file at `path` encrypted under `key`. `progress` is called with the
+/// number of bytes each finished POST carried.
+pub async fn upload_file(
+    api: &ApiClient,
+    path: &Path,
+    key: &FileKey,
+    options: TransferOptions,
+    progress: impl Fn(u64) + Send + Sync + 'static,
+) -> Result<UploadedData> {
+    let size = tokio::fs::metadata(path)
+        .await
+        .map_err(|e| MegaError::Network(format!("reading {}: {e}", path.display())))?
+        .len();
+    let answer = api
+        .call(json!({"a": "u", "s": size, "ssl": options.ssl(), "v": 2, "ms": 0, "r": 0, "e": 0}))
+        .await?;
+    let url = answer
+        .get("p")
+        .and_then(|p| p.as_str())
+        .ok_or_else(|| MegaError::malformed("upload answer without p"))?
+        .to_string();
+
+    if size == 0 {
+        let token = post_chunk(api, &url, 0, Bytes::new()).await?;
+        let token =
+            token.ok_or_else(|| MegaError::malformed("no completion token for an empty file"))?;
+        return Ok(UploadedData {
+            token,
+            meta_mac: [0; 8],
+            size,
+        });
+    }
+
+    let posts = upload_posts(size);
+    let macs = Arc::new(std::sync::Mutex::new(mc::MacAccumulator::new(key, size)));
+    let progress = Arc::new(progress);
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(UPLOAD_PARALLELISM));
+    let mut tasks = tokio::task::JoinSet::new();
+    for range in posts {
+        let permit = semaphore
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open");
+        let (path, key, macs, progress, url) = (
+            path.to_path_buf(),
+            key.clone(),
+            macs.clone(),
+            progress.clone(),
+            url.clone(),
+        );
+        let api_http = api.http().clone();
+        let policy = api.policy().clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            let start = range.start;
+            let len = range.end - range.start;
+            let body =
+                tokio::task::spawn_blocking(move || encrypt_range(&path, &key, range, &macs))
+                    .await
+                    .map_err(|e| MegaError::Network(e.to_string()))??;
+            let token = post_with_retry(&api_http, &policy, &url, start, body).await?;
+            progress(len);
+            Ok::<_, MegaError>(token)
+        });
+    }
+    let mut token = None;
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.map_err(|e| MegaError::Network(e.to_string()))?;
+        if let Some(t) = result? {
+            token = Some(t);
+        }
+    }
+    let token =
+        token.ok_or_else(|| MegaError::malformed("upload finished without a completion token"))?;
+    let meta_mac = macs
+        .lock()
+        .expect("mac lock")
+        .meta_mac()
+        .ok_or_else(|| MegaError::malformed("upload finished with chunks missing"))?;
+    Ok(UploadedData {
+        token,
+        meta_mac,
+        size,
+    })
+}
+
+/// Reads `range` of the plaintext file, records its chunk MACs and returns the ciphertext.
+fn encrypt_range(
+    path: &Path,
+    key: &FileKey,
+    range: std::ops::Range<u64>,
+    macs: &std::sync::Mutex<mc::MacAccumulator>,
+) -> Result<Bytes> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |e: std::io::Error| MegaError::Network(format!("reading {}: {e}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    file.seek(SeekFrom::Start(range.start)).map_err(io)?;
+    let mut buf = vec![0u8; (range.end - range.start) as usize];
+    file.read_exact(&mut buf).map_err(io)?;
+    let first = mc::chunk_index(range.start);
+    let spans: Vec<_> = (first..)
+        .map(|i| mc::chunk_range(i, range.end))
+        .take_while(|r| !r.is_empty())
+        .collect();
+    let chunks: Vec<&[u8]> = spans
+        .iter()
+        .map(|r| &buf[(r.start - range.start) as usize..(r.end - range.start) as usize])
+        .collect();
+    let chunk_macs = mc::chunk_macs(key, &chunks);
+    {
+        let mut acc = macs.lock().expect("mac lock");
+        for (i, mac) in chunk_macs.into_iter().enumerate() {
+            acc.insert(first + i as u64, mac)?;
+        }
+    }
+    mc::ctr_apply(key, range.start, &mut buf);
+    Ok(Bytes::from(buf))
+}
+
+async fn post_chunk(
+    api: &ApiClient,
+    url: &str,
+    offset: u64,
+    body: Bytes,
+) -> Result<Option<String>> {
+    post_with_retry(api.http(), api.policy(), url, offset, body).await
+}
+
+/// POSTs one range, retrying transient failures. Returns the completion token if this POST
+/// completed the upload.
+async fn post_with_retry(
+    http: &reqwest::Client,
+    policy: &crate::retry::RetryPolicy,
+    url: &str,
+    offset: u64,
+    body: Bytes,
+) -> Result<Option<String>> {
+    let mut attempt = 0;
+    loop {
+        let error = match post_once(http, url, offset, body.clone()).await {
+            Ok(token) => return Ok(token),
+            Err(e) => e,
+        };
+        if !is_retryable(&error) {
+            return Err(error);
+        }
+        let Some(delay) = policy.delay(attempt) else {
+            return Err(error);
+        };
+        tracing::debug!(%error, offset, attempt, "retrying upload POST");
+        attempt += 1;
+        tokio::time::sleep(delay).await;
+    }
+}
+
+async fn post_once(
+    http: &reqwest::Client,
+    url: &str,
+    offset: u64,
+    body: Bytes,
+) -> Result<Option<String>> {
+    let response = http
+        .post(format!("{url}/{offset}"))
+        .timeout(Duration::from_secs(300))
+        .body(body)
+        .send()
+        .await
+        .map_err(network_error)?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        return Err(MegaError::Http(status));
+    }
+    let reply = response.bytes().await.map_err(network_error)?;
+    parse_upload_reply(&reply)
+}
+
+/// An upload POST answers nothing (more to come), a negative number as text (an error), or the
+/// completion token as raw bytes.
+pub fn parse_upload_reply(reply: &[u8]) -> Result<Option<String>> {
+    if reply.is_empty() {
+        return Ok(None);
+    }
+    if reply.len() < 10
+        && let Ok(text) = std::str::from_utf8(reply)
+        && let Ok(code) = text.trim().parse::<i64>()
+    {
+        return if code < 0 {
+            Err(MegaError::Api(ErrorCode::from_code(code)))
+        } else {
+            Err(MegaError::malformed(format!("upload answered {code}")))
+        };
+    }
+    if reply.len() != 36 {
+        return Err(MegaError::malformed(format!(
+            "completion token of {} bytes",
+            reply.len()
+        )));
+    }
+    Ok(Some(mc::b64_encode(reply)))
+}
+
+/// Where and how big a file's encrypted data is.
+#[derive(Debug, Clone)]
+pub struct DownloadInfo {
+    pub url: String,
+    pub size: u64,
+    /// The encrypted attributes, as the server has them.
+    pub attributes: String,
+}
+
+/// Asks for a download URL for node `handle` (`g`).
+pub async fn download_info(
+    api: &ApiClient,
+    handle: &str,
+    options: TransferOptions,
+) -> Result<DownloadInfo> {
+    let answer = api
+        .call(json!({"a": "g", "g": 1, "ssl": options.ssl(), "n": handle}))
+        .await?;
+    if let Some(e) = answer.get("e").and_then(|e| e.as_i64()) {
+        return Err(MegaError::Api(ErrorCode::from_code(e)));
+    }
+    let url = answer
+        .get("g")
+        .and_then(|g| g.as_str())
+        .filter(|g| g.starts_with("http"))
+        .ok_or_else(|| MegaError::malformed("download answer without a URL"))?;
+    let size = answer
+        .get("s")
+        .and_then(|s| s.as_u64())
+        .ok_or_else(|| MegaError::malformed("download answer without a size"))?;
+    Ok(DownloadInfo {
+        url: url.to_string(),
+        size,
+        attributes: answer
+            .get("at")
+            .and_then(|a| a.as_str())
+            .unwrap_or("")
+            .to_string(),
+    })
+}
+
+/// Fetches encrypted bytes `range` (end exclusive) of a download URL, retrying transient
+/// failures; the answer must have exactly the requested length.
+pub async fn fetch_range(
+    http: &reqwest::Client,
+    policy: &crate::retry::RetryPolicy,
+    url: &str,
+    range: std::ops::Range<u64>,
+) -> Result<Bytes> {
+    if range.is_empty() {
+        return Ok(Bytes::new());
+    }
+    let mut attempt = 0;
+    loop {
+        let error = match fetch_once(http, url, range.clone()).await {
+            Ok(bytes) => return Ok(bytes),
+            Err(e) => e,
+        };
+        if !is_retryable(&error) {
+            return Err(error);
+        }
+        let Some(delay) = policy.delay(attempt) else {
+            return Err(error);
+        };
+        attempt += 1;
+        tokio::time::sleep(delay).await;
+    }
+}
+
+async fn fetch_once(
+    http: &reqwest::Client,
+    url: &str,
+    range: std::ops::Range<u64>,
+) -> Result<Bytes> {
+    let response = http
+        .get(format!("{url}/{}-{}", range.start, range.end - 1))
+        .timeout(Duration::from_secs(300))
+        .send()
+        .await
+        .map_err(network_error)?;
+    let status = response.status().as_u16();
+    if status == 509 {
+        return Err(MegaError::Api(ErrorCode::OverQuota));
+    }
+    if status != 200 {
+        return Err(MegaError::Http(status));
+    }
+    let bytes = response.bytes().await.map_err(network_error)?;
+    if bytes.len() as u64 != range.end - range.start {
+        // A short read is what a dropped connection looks like: worth a retry.
+        return Err(MegaError::Network(format!(
+            "download returned {} of {} bytes",
+            bytes.len(),
+            range.end - range.start
+        )));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn posts_cover_the_file_in_whole_chunks() {
+        for size in [1u64, 131_072, 131_073, 5 << 20, (40 << 20) + 7] {
+            let posts = upload_posts(size);
+            assert_eq!(posts.first().unwrap().start, 0);
+            assert_eq!(posts.last().unwrap().end, size);
+            for pair in posts.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start);
+            }
+            for post in &posts {
+                assert!(mc::is_chunk_boundary(post.start));
+                assert!(post.end == size || mc::is_chunk_boundary(post.end));
+                assert!(post.end - post.start <= UPLOAD_POST_BYTES);
+            }
+        }
+        assert!(upload_posts(0).is_empty());
+    }
+
+    #[test]
+    fn upload_replies() {
+        assert_eq!(parse_upload_reply(b"").unwrap(), None);
+        assert!(matches!(
+            parse_upload_reply(b"-4"),
+            Err(MegaError::Api(ErrorCode::RateLimit))
+        ));
+        assert!(matches!(
+            parse_upload_reply(b"-17"),
+            Err(MegaError::Api(ErrorCode::OverQuota))
+        ));
+        let token = [7u8; 36];
+        assert_eq!(
+            parse_upload_reply(&token).unwrap(),
+            Some(mc::b64_encode(&token))
+        );
+        assert!(parse_upload_reply(&[1u8; 20]).is_err());
+    }
+}
