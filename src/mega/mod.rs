@@ -4,6 +4,7 @@ pub mod api;
 pub mod error;
 pub mod hashcash;
 pub mod transfer;
+pub mod wire;
 
 pub use api::ApiClient;
 pub use error::{ErrorCode, MegaError};
