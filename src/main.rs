@@ -1,12 +1,32 @@
 //! The `veilfs` command line. Clap definitions only; each subcommand lives in `veilfs::cli`.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use veilfs::cli;
 
 /// Mount an end-to-end encrypted cloud drive (MEGA or Filen) as a local folder.
 #[derive(Parser)]
 #[command(name = "veilfs", version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    Cli::parse();
+#[derive(Subcommand)]
+enum Command {
+    /// Run a MEGA-compatible zero-knowledge storage server.
+    Serve(cli::serve::ServeArgs),
+    /// Create an account on a veilfs server (password from --password-file or VEILFS_PASSWORD).
+    Signup(cli::signup::SignupArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Cli::parse();
+    cli::init_logging();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        match args.command {
+            Command::Serve(a) => cli::serve::run(a).await,
+            Command::Signup(a) => cli::signup::run(a).await,
+        }
+    })
 }

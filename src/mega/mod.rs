@@ -1,10 +1,14 @@
 //! The MEGA protocol, client side: transport, login and sessions, the node tree, transfers.
 
 pub mod api;
+pub mod client;
 pub mod error;
 pub mod hashcash;
+pub mod nodes;
+pub mod session;
 pub mod transfer;
 pub mod wire;
 
 pub use api::ApiClient;
+pub use client::{MegaClient, Quota};
 pub use error::{ErrorCode, MegaError};

@@ -162,23 +162,18 @@ impl KeyRing {
 
     /// Decrypts a key that is either AES-wrapped (≤ 32 bytes) under `wrapping`, or RSA-encrypted
     /// to us (longer), taking `len` bytes of it.
-    fn unwrap_key(&self, encrypted: &str, wrapping: &[u8; 16], len: usize) -> Result<Vec<u8>, CryptoError> {
+    fn unwrap_key(
+        &self,
+        encrypted: &str,
+        wrapping: &[u8; 16],
+        len: usize,
+    ) -> Result<Vec<u8>, CryptoError> {
         let bytes = mc::b64_decode(encrypted)?;
         if bytes.len() > 32 {
-            let private = self
-                .private_key
-                .as_ref()
-                .ok_or(CryptoError::Unsupported("RSA-encrypted key without a private key"))?;
-            let mut plain = private.decrypt_key(&bytes)?;
-            if plain.len() < len {
-                return Err(CryptoError::Length {
-                    what: "RSA-encrypted key",
-                    expected: "at least the key's length",
-                    got: plain.len(),
-                });
-            }
-            plain.truncate(len);
-            return Ok(plain);
+            let private = self.private_key.as_ref().ok_or(CryptoError::Unsupported(
+                "RSA-encrypted key without a private key",
+            ))?;
+            return Ok(private.decrypt_key(&bytes, len)?.to_vec());
         }
         mc::ecb_decrypt(wrapping, &bytes)
     }
@@ -192,7 +187,9 @@ impl KeyRing {
         match self.unwrap_key(sk, &master, 16) {
             Ok(key) if key.len() == 16 => self.add_share_key(&node.h, key.try_into().expect("16")),
             Ok(_) => tracing::warn!(handle = %node.h, "incoming share key of the wrong length"),
-            Err(error) => tracing::warn!(handle = %node.h, %error, "cannot open incoming share key"),
+            Err(error) => {
+                tracing::warn!(handle = %node.h, %error, "cannot open incoming share key")
+            }
         }
     }
 

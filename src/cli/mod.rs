@@ -1,0 +1,15 @@
+//! The subcommands behind `veilfs`, one file each. `main.rs` only parses and dispatches.
+
+pub mod serve;
+pub mod signup;
+
+/// Logs go to stderr, quiet unless `RUST_LOG` asks for more (e.g. `RUST_LOG=veilfs=debug`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // A second initialisation (tests calling twice) is harmless; ignore it.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

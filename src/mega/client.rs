@@ -1,0 +1,253 @@
+//! `MegaClient`: a logged-in account — its transport, session and keys — and the commands that
+//! read and change its node tree.
+
+use serde_json::{Map, Value, json};
+use std::path::Path;
+use std::sync::RwLock;
+
+use super::api::ApiClient;
+use super::error::{MegaError, Result};
+use super::nodes::{DecryptedNode, KeyRing, NodeKey};
+use super::session::{Credentials, Session};
+use super::transfer::{self, DownloadInfo, TransferOptions};
+use super::wire::{self, ActionPackets, FetchNodes, WireNode};
+use crate::crypto::mega::{self as mc, FileKey};
+use crate::retry::RetryPolicy;
+
+/// Storage use and limit, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub used: u64,
+    pub total: u64,
+}
+
+pub struct MegaClient {
+    api: ApiClient,
+    session: Session,
+    keys: RwLock<KeyRing>,
+    options: TransferOptions,
+}
+
+impl MegaClient {
+    /// Logs in with a password.
+    pub async fn login(
+        gateway: &str,
+        credentials: &Credentials,
+        policy: RetryPolicy,
+        options: TransferOptions,
+    ) -> Result<Self> {
+        let api = ApiClient::new(gateway, policy)?;
+        let session = Session::login(&api, credentials).await?;
+        Self::with_session(api, session, options)
+    }
+
+    /// Resumes a saved session without the password.
+    pub fn resume(session: Session, policy: RetryPolicy, options: TransferOptions) -> Result<Self> {
+        let api = ApiClient::new(&session.server, policy)?;
+        session.activate(&api);
+        Self::with_session(api, session, options)
+    }
+
+    fn with_session(api: ApiClient, session: Session, options: TransferOptions) -> Result<Self> {
+        let keys = session.key_ring()?;
+        Ok(MegaClient {
+            api,
+            session,
+            keys: RwLock::new(keys),
+            options,
+        })
+    }
+
+    pub fn api(&self) -> &ApiClient {
+        &self.api
+    }
+
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Fetches and decrypts the whole tree (`f`). Returns the nodes and the sequence number to
+    /// poll action packets from.
+    pub async fn fetch_tree(&self) -> Result<(Vec<DecryptedNode>, Option<String>)> {
+        let answer = self.api.call(json!({"a": "f", "c": 1, "r": 1})).await?;
+        let fetched: FetchNodes =
+            serde_json::from_value(answer).map_err(|e| MegaError::malformed(format!("f: {e}")))?;
+        let mut keys = self.keys.write().expect("key ring lock");
+        keys.add_outgoing_shares(&fetched.ok);
+        for node in &fetched.f {
+            keys.learn_incoming_share(node);
+        }
+        let nodes = fetched.f.into_iter().map(|n| keys.decrypt(n)).collect();
+        Ok((nodes, fetched.sn))
+    }
+
+    /// Decrypts nodes that arrive outside `f` (action packets, `p` answers).
+    pub fn decrypt(&self, node: WireNode) -> DecryptedNode {
+        let mut keys = self.keys.write().expect("key ring lock");
+        keys.learn_incoming_share(&node);
+        keys.decrypt(node)
+    }
+
+    /// Creates a folder under `parent` with the given attributes (which must hold `n`).
+    pub async fn mkdir(
+        &self,
+        parent: &str,
+        attributes: &Map<String, Value>,
+    ) -> Result<DecryptedNode> {
+        let key = NodeKey::Folder(mc::generate_folder_key());
+        self.put_node(parent, "xxxxxxxx", wire::NODE_FOLDER, &key, attributes)
+            .await
+    }
+
+    /// Uploads the plaintext file at `path` as a new file node under `parent`. When `replaces`
+    /// names an existing node, that node is deleted once the new one exists, so the folder never
+    /// holds two nodes of the name (the old one is only removed after the new one is safe).
+    pub async fn upload(
+        &self,
+        parent: &str,
+        path: &Path,
+        attributes: &Map<String, Value>,
+        replaces: Option<&str>,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<DecryptedNode> {
+        let file_key = FileKey::generate();
+        let uploaded =
+            transfer::upload_file(&self.api, path, &file_key, self.options, progress).await?;
+        let key = NodeKey::File {
+            key: file_key,
+            meta_mac: uploaded.meta_mac,
+        };
+        let node = self
+            .put_node(parent, &uploaded.token, wire::NODE_FILE, &key, attributes)
+            .await?;
+        if let Some(old) = replaces {
+            match self.delete(old).await {
+                Ok(()) | Err(MegaError::Api(super::ErrorCode::NotFound)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(node)
+    }
+
+    async fn put_node(
+        &self,
+        parent: &str,
+        h: &str,
+        t: i64,
+        key: &NodeKey,
+        attributes: &Map<String, Value>,
+    ) -> Result<DecryptedNode> {
+        let (a, k) = {
+            let keys = self.keys.read().expect("key ring lock");
+            (
+                mc::encrypt_attributes(key.attribute_key(), attributes),
+                keys.wrap_key(key),
+            )
+        };
+        let answer = self
+            .api
+            .call(json!({"a": "p", "t": parent, "n": [{"h": h, "t": t, "a": a, "k": k}]}))
+            .await?;
+        let node = answer
+            .get("f")
+            .and_then(|f| f.get(0))
+            .cloned()
+            .ok_or_else(|| MegaError::malformed("p answer without the new node"))?;
+        let node: WireNode =
+            serde_json::from_value(node).map_err(|e| MegaError::malformed(format!("p: {e}")))?;
+        Ok(self.decrypt(node))
+    }
+
+    /// Replaces a node's attributes (rename, metadata). `key` is the node's key.
+    pub async fn set_attributes(
+        &self,
+        handle: &str,
+        key: &NodeKey,
+        attributes: &Map<String, Value>,
+    ) -> Result<()> {
+        let at = mc::encrypt_attributes(key.attribute_key(), attributes);
+        self.api
+            .call(json!({"a": "a", "n": handle, "at": at}))
+            .await
+            .map(drop)
+    }
+
+    /// Moves a node under another folder.
+    pub async fn move_node(&self, handle: &str, new_parent: &str) -> Result<()> {
+        self.api
+            .call(json!({"a": "m", "n": handle, "t": new_parent}))
+            .await
+            .map(drop)
+    }
+
+    /// Deletes a node and everything under it, permanently.
+    pub async fn delete(&self, handle: &str) -> Result<()> {
+        self.api
+            .call(json!({"a": "d", "n": handle}))
+            .await
+            .map(drop)
+    }
+
+    /// Where to download a file's encrypted data from.
+    pub async fn download_info(&self, handle: &str) -> Result<DownloadInfo> {
+        transfer::download_info(&self.api, handle, self.options).await
+    }
+
+    /// Encrypted bytes `range` of a download URL.
+    pub async fn fetch_range(
+        &self,
+        url: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<bytes::Bytes> {
+        transfer::fetch_range(self.api.http(), self.api.policy(), url, range).await
+    }
+
+    /// Storage use and limit (`uq`).
+    pub async fn quota(&self) -> Result<Quota> {
+        let answer = self.api.call(json!({"a": "uq", "strg": 1})).await?;
+        let field = |name: &str| {
+            answer
+                .get(name)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| MegaError::malformed(format!("uq answer without {name}")))
+        };
+        Ok(Quota {
+            used: field("cstrg")?,
+            total: field("mstrg")?,
+        })
+    }
+
+    /// One `sc` poll: new action packets since `sn`, or a URL to wait on when there are none.
+    pub async fn poll_actions(&self, sn: &str) -> Result<ActionPackets> {
+        let sid = self.api.session().unwrap_or_default();
+        let url = format!("{}sc?sn={sn}&sid={sid}", self.api.gateway());
+        let response = self
+            .api
+            .http()
+            .post(&url)
+            .timeout(std::time::Duration::from_secs(60))
+            .send()
+            .await
+            .map_err(super::api::network_error)?;
+        if response.status().as_u16() != 200 {
+            return Err(MegaError::Http(response.status().as_u16()));
+        }
+        let value: Value = response.json().await.map_err(super::api::network_error)?;
+        if let Some(code) = value.as_i64() {
+            return Err(MegaError::Api(super::ErrorCode::from_code(code)));
+        }
+        serde_json::from_value(value).map_err(|e| MegaError::malformed(format!("sc: {e}")))
+    }
+
+    /// Waits on a wait URL from `sc` until the server has news (or its timeout passes).
+    pub async fn wait(&self, url: &str) -> Result<()> {
+        self.api
+            .http()
+            .post(url)
+            .timeout(std::time::Duration::from_secs(300))
+            .send()
+            .await
+            .map_err(super::api::network_error)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,217 @@
+//! Where file content (ciphertext) lives.
+//!
+//! An upload is written into a temporary blob, made durable when its last byte arrived
+//! ([`BlobStore::seal_temp`]), and becomes a permanent blob only when the client completes it
+//! with `p` ([`BlobStore::publish`]). Nothing half-written is ever readable as a file.
+//!
+//! Methods block; the server calls them from `spawn_blocking`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub trait BlobStore: Send + Sync + 'static {
+    /// Writes `data` at `offset` of temporary blob `id`, creating it if needed.
+    fn write_temp(&self, id: &str, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Makes temporary blob `id` exactly `size` bytes long and durable.
+    fn seal_temp(&self, id: &str, size: u64) -> io::Result<()>;
+    /// Turns sealed temporary blob `id` into permanent blob `id`, durably. Idempotent: a blob
+    /// already published is fine (a retry after a crash between publishing and recording).
+    fn publish(&self, id: &str) -> io::Result<()>;
+    /// Removes temporary blob `id` if it exists.
+    fn discard_temp(&self, id: &str) -> io::Result<()>;
+    /// Reads up to `len` bytes of permanent blob `id` from `offset`.
+    fn read(&self, id: &str, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// Removes permanent blob `id` if it exists.
+    fn delete(&self, id: &str) -> io::Result<()>;
+    /// Ids of all temporary blobs.
+    fn temp_ids(&self) -> io::Result<Vec<String>>;
+}
+
+/// Blobs as files: `<root>/tmp/<id>` while uploading, `<root>/<id[..2]>/<id>` once published.
+pub struct LocalBlobStore {
+    root: PathBuf,
+}
+
+/// Blob ids are server-made base64url strings; checking anyway keeps a bug elsewhere from
+/// turning into a path traversal.
+fn check_id(id: &str) -> io::Result<()> {
+    if id.len() >= 4
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        Ok(())
+    } else {
+        Err(io::Error::new(io::ErrorKind::InvalidInput, "invalid blob id"))
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    // A rename or create is durable only once its directory is synced.
+    File::open(dir)?.sync_all()
+}
+
+impl LocalBlobStore {
+    pub fn open(root: &Path) -> io::Result<Self> {
+        fs::create_dir_all(root.join("tmp"))?;
+        Ok(LocalBlobStore {
+            root: root.to_path_buf(),
+        })
+    }
+
+    fn temp_path(&self, id: &str) -> io::Result<PathBuf> {
+        check_id(id)?;
+        Ok(self.root.join("tmp").join(id))
+    }
+
+    fn blob_path(&self, id: &str) -> io::Result<PathBuf> {
+        check_id(id)?;
+        Ok(self.root.join(&id[..2]).join(id))
+    }
+}
+
+impl BlobStore for LocalBlobStore {
+    fn write_temp(&self, id: &str, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut options = OpenOptions::new();
+        options.write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let file = options.open(self.temp_path(id)?)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileExt;
+            file.write_all_at(data, offset)
+        }
+        #[cfg(not(unix))]
+        {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut file = file;
+            file.seek(SeekFrom::Start(offset))?;
+            file.write_all(data)
+        }
+    }
+
+    fn seal_temp(&self, id: &str, size: u64) -> io::Result<()> {
+        let path = self.temp_path(id)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        file.set_len(size)?;
+        file.sync_all()?;
+        sync_dir(&self.root.join("tmp"))
+    }
+
+    fn publish(&self, id: &str) -> io::Result<()> {
+        let from = self.temp_path(id)?;
+        let to = self.blob_path(id)?;
+        let dir = to.parent().expect("blob paths have a parent");
+        fs::create_dir_all(dir)?;
+        match fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound && to.exists() => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        sync_dir(dir)?;
+        sync_dir(&self.root.join("tmp"))
+    }
+
+    fn discard_temp(&self, id: &str) -> io::Result<()> {
+        match fs::remove_file(self.temp_path(id)?) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn read(&self, id: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let file = File::open(self.blob_path(id)?)?;
+        let mut buf = vec![0u8; len];
+        let mut filled = 0;
+        while filled < len {
+            #[cfg(unix)]
+            let n = {
+                use std::os::unix::fs::FileExt;
+                file.read_at(&mut buf[filled..], offset + filled as u64)?
+            };
+            #[cfg(not(unix))]
+            let n = {
+                use std::io::{Read, Seek, SeekFrom};
+                let mut f = &file;
+                f.seek(SeekFrom::Start(offset + filled as u64))?;
+                f.read(&mut buf[filled..])?
+            };
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        buf.truncate(filled);
+        Ok(buf)
+    }
+
+    fn delete(&self, id: &str) -> io::Result<()> {
+        match fs::remove_file(self.blob_path(id)?) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn temp_ids(&self) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(self.root.join("tmp"))? {
+            if let Some(name) = entry?.file_name().to_str() {
+                out.push(name.to_string());
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "veilfs-blobs-{name}-{}",
+            crate::crypto::mega::b64_encode(&crate::crypto::random_array::<6>())
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn temp_blob_is_unreadable_until_published() {
+        let dir = tempdir("publish");
+        let store = LocalBlobStore::open(&dir).unwrap();
+        store.write_temp("abcdEF12", 5, b"world").unwrap();
+        store.write_temp("abcdEF12", 0, b"hello").unwrap();
+        assert!(store.read("abcdEF12", 0, 10).is_err());
+        store.seal_temp("abcdEF12", 10).unwrap();
+        store.publish("abcdEF12").unwrap();
+        store.publish("abcdEF12").unwrap();
+        assert_eq!(store.read("abcdEF12", 0, 100).unwrap(), b"helloworld");
+        assert_eq!(store.read("abcdEF12", 3, 4).unwrap(), b"lowo");
+        assert!(store.temp_ids().unwrap().is_empty());
+        store.delete("abcdEF12").unwrap();
+        assert!(store.read("abcdEF12", 0, 1).is_err());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn ids_that_could_escape_are_refused() {
+        let dir = tempdir("ids");
+        let store = LocalBlobStore::open(&dir).unwrap();
+        for bad in ["../../etc/passwd", "a/b/c/d", "", "..", "ab"] {
+            assert!(store.write_temp(bad, 0, b"x").is_err(), "{bad}");
+            assert!(store.read(bad, 0, 1).is_err(), "{bad}");
+        }
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,232 @@
+//! `veilfs serve`: a MEGA-compatible zero-knowledge storage server.
+//!
+//! It speaks the subset of MEGA's API that megajs (and our own client) use, and stores only what
+//! MEGA's servers store: encrypted attributes and keys, ciphertext blobs, sizes and timestamps.
+//! Layout, one job per file:
+//! - [`api`]: `POST /cs`, the JSON command batches, and dispatch;
+//! - [`accounts`]: registration, prelogin, login, user info, quota;
+//! - [`sessions`]: session ids, `csid`/`tsid`, logout and the session list;
+//! - [`nodes`]: the file tree (`f`, `p`, `a`, `m`, `d`);
+//! - [`actions`]: the action-packet log, `sc` and its long-poll wait URL;
+//! - [`transfer`]: `u`/`g` and the upload and download HTTP endpoints;
+//! - [`blobs`]: where ciphertext lives ([`blobs::BlobStore`], a local directory by default);
+//! - [`store`], [`secret`], [`ratelimit`], [`errors`]: plumbing.
+
+pub mod accounts;
+pub mod actions;
+pub mod api;
+pub mod blobs;
+pub mod errors;
+pub mod nodes;
+pub mod ratelimit;
+pub mod secret;
+pub mod sessions;
+pub mod store;
+pub mod transfer;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{any, post};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Who may create accounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignupPolicy {
+    /// Anyone reaching the server; `uc2` answers the confirmation code itself (there is no
+    /// e-mail to send it through), so `veilfs signup` completes registration in one go.
+    Open,
+    /// Registration commands answer EACCESS.
+    Closed,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Base URL handed out in transfer and wait URLs, e.g. `https://mega.example.org/`. Without
+    /// it, URLs are built from the `Host` header of each request.
+    pub public_url: Option<String>,
+    /// Storage quota of a new account, in bytes.
+    pub default_quota: u64,
+    pub signup: SignupPolicy,
+    /// Failed logins allowed per e-mail address within `login_window`.
+    pub login_failures: u32,
+    pub login_window: Duration,
+    /// How long a wait-URL long poll is held when nothing happens.
+    pub wait_timeout: Duration,
+    /// How long an upload URL stays valid.
+    pub upload_ttl: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        ServerConfig {
+            data_dir,
+            listen,
+            public_url: None,
+            default_quota: 20 * 1024 * 1024 * 1024,
+            signup: SignupPolicy::Open,
+            login_failures: 10,
+            login_window: Duration::from_secs(300),
+            wait_timeout: Duration::from_secs(60),
+            upload_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Everything the handlers share.
+pub struct AppState {
+    pub config: ServerConfig,
+    pub store: store::Store,
+    pub secret: secret::Secret,
+    pub blobs: Arc<dyn blobs::BlobStore>,
+    pub uploads: transfer::Uploads,
+    pub notifier: actions::Notifier,
+    pub limiter: ratelimit::LoginLimiter,
+    pub replay: api::ReplayCache,
+}
+
+impl AppState {
+    pub fn open(config: ServerConfig) -> anyhow::Result<AppState> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating data directory {}", dir.display()))?;
+        let secret = secret::Secret::load_or_create(dir).context("loading the server secret")?;
+        let store = store::Store::open(&dir.join("meta"))
+            .map_err(|e| anyhow::anyhow!("opening the metadata store: {e}"))?;
+        let blobs: Arc<dyn blobs::BlobStore> = Arc::new(
+            blobs::LocalBlobStore::open(&dir.join("blobs")).context("opening the blob store")?,
+        );
+        let state = AppState {
+            limiter: ratelimit::LoginLimiter::new(config.login_failures, config.login_window),
+            config,
+            store,
+            secret,
+            blobs,
+            uploads: transfer::Uploads::default(),
+            notifier: actions::Notifier::default(),
+            replay: api::ReplayCache::default(),
+        };
+        transfer::discard_orphan_temps(&state)
+            .map_err(|e| anyhow::anyhow!("cleaning unfinished uploads: {e}"))?;
+        Ok(state)
+    }
+}
+
+/// The HTTP routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(
+            "/cs",
+            post(api::handle).layer(DefaultBodyLimit::max(api::MAX_BODY)),
+        )
+        .route("/sc", post(actions::poll))
+        .route("/wsc/{token}", any(actions::wait))
+        .route(
+            "/ul/{id}/{offset}",
+            post(transfer::upload_chunk).layer(DefaultBodyLimit::max(transfer::MAX_CHUNK)),
+        )
+        .route("/dl/{token}", any(transfer::download_all))
+        .route("/dl/{token}/{range}", any(transfer::download_range))
+        .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "not found") })
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            api::panic_response,
+        ))
+        .with_state(state)
+}
+
+/// A server bound to its port and running in the background.
+pub struct RunningServer {
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>/`, the gateway URL clients are given.
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Stops accepting, ends long polls, waits for requests in flight, and flushes metadata.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.state.notifier.shut_down();
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task).await??;
+        self.state
+            .store
+            .flush()
+            .await
+            .map_err(|e| anyhow::anyhow!("flushing metadata: {e}"))?;
+        Ok(())
+    }
+
+    /// Runs until the process gets Ctrl-C or SIGTERM.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        self.shutdown().await
+    }
+}
+
+/// Opens the data directory, binds `config.listen` and serves in the background.
+pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
+    let listen = config.listen;
+    let state = Arc::new(AppState::open(config)?);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let app = router(state.clone());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .await
+    });
+    tracing::info!(%addr, "veilfs server listening");
+    Ok(RunningServer {
+        addr,
+        state,
+        shutdown: Some(tx),
+        task,
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

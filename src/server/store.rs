@@ -1,0 +1,214 @@
+//! The metadata store: one sled tree, typed records as JSON, keys by prefix.
+//!
+//! Every record of one account lives under keys that start with its user handle, so a listing is
+//! a prefix scan. A state change is built as one [`Writes`] batch and applied atomically, then
+//! flushed to disk before the client hears about it. Mutations are serialized by one write lock:
+//! a self-hosted server's write rate is far below what that allows, and it makes every
+//! read-modify-write (quota, sequence numbers, tree shape) trivially consistent.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::path::Path;
+
+use super::errors::ApiResult;
+
+pub struct Store {
+    db: sled::Db,
+    write_lock: tokio::sync::Mutex<()>,
+}
+
+/// Key builders. Handles are fixed-length base64 strings, so prefixes never collide.
+pub mod keys {
+    pub fn account(uh: &str) -> Vec<u8> {
+        format!("a/{uh}").into_bytes()
+    }
+    pub fn email(email: &str) -> Vec<u8> {
+        format!("e/{email}").into_bytes()
+    }
+    pub fn node(uh: &str, h: &str) -> Vec<u8> {
+        format!("n/{uh}/{h}").into_bytes()
+    }
+    pub fn nodes(uh: &str) -> Vec<u8> {
+        format!("n/{uh}/").into_bytes()
+    }
+    pub fn child(uh: &str, parent: &str, child: &str) -> Vec<u8> {
+        format!("c/{uh}/{parent}/{child}").into_bytes()
+    }
+    pub fn children(uh: &str, parent: &str) -> Vec<u8> {
+        format!("c/{uh}/{parent}/").into_bytes()
+    }
+    pub fn action(uh: &str, seq: u64) -> Vec<u8> {
+        let mut k = format!("l/{uh}/").into_bytes();
+        k.extend_from_slice(&seq.to_be_bytes());
+        k
+    }
+    pub fn actions(uh: &str) -> Vec<u8> {
+        format!("l/{uh}/").into_bytes()
+    }
+    pub fn session(uh: &str, sid_hash: &str) -> Vec<u8> {
+        format!("s/{uh}/{sid_hash}").into_bytes()
+    }
+    pub fn sessions(uh: &str) -> Vec<u8> {
+        format!("s/{uh}/").into_bytes()
+    }
+    pub fn upload(token: &str) -> Vec<u8> {
+        format!("t/{token}").into_bytes()
+    }
+    pub fn uploads() -> Vec<u8> {
+        b"t/".to_vec()
+    }
+    pub fn confirmation(token: &str) -> Vec<u8> {
+        format!("p/{token}").into_bytes()
+    }
+}
+
+/// A batch of writes applied atomically by [`Store::apply`].
+pub struct Writes {
+    batch: sled::Batch,
+    empty: bool,
+}
+
+impl Default for Writes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Writes {
+    pub fn new() -> Self {
+        Writes {
+            batch: sled::Batch::default(),
+            empty: true,
+        }
+    }
+
+    pub fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) {
+        let bytes = serde_json::to_vec(value).expect("records always serialize");
+        self.batch.insert(key, bytes);
+        self.empty = false;
+    }
+
+    pub fn remove(&mut self, key: Vec<u8>) {
+        self.batch.remove(key);
+        self.empty = false;
+    }
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> ApiResult<Store> {
+        let db = sled::Config::new()
+            .path(dir)
+            // Acknowledged writes are flushed explicitly; the periodic flush only bounds what an
+            // unacknowledged write could lose.
+            .flush_every_ms(Some(1000))
+            .open()?;
+        Ok(Store {
+            db,
+            write_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Serializes mutations; hold the guard from the first read of a read-modify-write until
+    /// [`Store::apply`] returns.
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.write_lock.lock().await
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, key: &[u8]) -> ApiResult<Option<T>> {
+        match self.db.get(key)? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn contains(&self, key: &[u8]) -> ApiResult<bool> {
+        Ok(self.db.contains_key(key)?)
+    }
+
+    /// All records under `prefix`, in key order.
+    pub fn scan<T: DeserializeOwned>(&self, prefix: &[u8]) -> ApiResult<Vec<(Vec<u8>, T)>> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(prefix) {
+            let (k, v) = item?;
+            out.push((k.to_vec(), serde_json::from_slice(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Keys under `prefix`, without their values.
+    pub fn scan_keys(&self, prefix: &[u8]) -> ApiResult<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(prefix) {
+            out.push(item?.0.to_vec());
+        }
+        Ok(out)
+    }
+
+    /// Records under `prefix` whose key is greater than `after`, at most `limit` of them.
+    pub fn scan_after<T: DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+        after: &[u8],
+        limit: usize,
+    ) -> ApiResult<Vec<(Vec<u8>, T)>> {
+        let mut end = prefix.to_vec();
+        // The prefixes used here end in '/', so bumping that byte gives the first key past them.
+        *end.last_mut().expect("non-empty prefix") += 1;
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .range((
+                std::ops::Bound::Excluded(after.to_vec()),
+                std::ops::Bound::Excluded(end),
+            ))
+            .take(limit)
+        {
+            let (k, v) = item?;
+            out.push((k.to_vec(), serde_json::from_slice(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Applies `writes` atomically and makes them durable before returning.
+    pub async fn apply(&self, writes: Writes) -> ApiResult<()> {
+        if writes.empty {
+            return Ok(());
+        }
+        self.db.apply_batch(writes.batch)?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Applies without waiting for the disk: for state whose loss costs a client nothing but a
+    /// new login (sessions being refreshed).
+    pub fn apply_lazy(&self, writes: Writes) -> ApiResult<()> {
+        if !writes.empty {
+            self.db.apply_batch(writes.batch)?;
+        }
+        Ok(())
+    }
+
+    pub async fn flush(&self) -> ApiResult<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+/// A random handle of `N` bytes, base64url (6 → 8 chars for nodes, 8 → 11 for users).
+pub fn random_handle<const N: usize>() -> String {
+    loop {
+        let h = crate::crypto::mega::b64_encode(&crate::crypto::random_array::<N>());
+        // Clients use "xxxxxxxx" as the placeholder of a node still to be created.
+        if h != "xxxxxxxx" {
+            return h;
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

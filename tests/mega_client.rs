@@ -1,0 +1,313 @@
+//! The MEGA client (`veilfs::mega`) against a real `veilfs serve` on loopback: login, the tree,
+//! folders, uploads and downloads at chunk-boundary sizes, rename, move, replace, delete, quota,
+//! saved sessions and action packets seen by a second client.
+
+use serde_json::{Map, Value, json};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use zeroize::Zeroizing;
+
+use veilfs::crypto::mega as mc;
+use veilfs::mega::nodes::{DecryptedNode, NodeKey};
+use veilfs::mega::session::{Credentials, Session};
+use veilfs::mega::transfer::TransferOptions;
+use veilfs::mega::{MegaClient, MegaError};
+use veilfs::retry::RetryPolicy;
+use veilfs::server::{self, ServerConfig};
+
+const PASSWORD: &str = "correct horse battery stäple";
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    server: server::RunningServer,
+    email: String,
+}
+
+async fn fixture(email: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig::new(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
+    let server = server::start(config).await.unwrap();
+    veilfs::cli::signup::create_account(&server.url(), email, PASSWORD, "test")
+        .await
+        .unwrap();
+    Fixture {
+        _dir: dir,
+        server,
+        email: email.to_string(),
+    }
+}
+
+fn credentials(email: &str, password: &str) -> Credentials {
+    Credentials {
+        email: email.to_string(),
+        password: Zeroizing::new(password.to_string()),
+        mfa_code: None,
+    }
+}
+
+async fn login(f: &Fixture) -> MegaClient {
+    MegaClient::login(
+        &f.server.url(),
+        &credentials(&f.email, PASSWORD),
+        RetryPolicy::quick(),
+        TransferOptions::default(),
+    )
+    .await
+    .unwrap()
+}
+
+fn attrs(name: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("n".into(), json!(name));
+    m
+}
+
+fn root(nodes: &[DecryptedNode]) -> String {
+    nodes
+        .iter()
+        .find(|n| n.wire.t == 2)
+        .expect("a root node")
+        .wire
+        .h
+        .clone()
+}
+
+fn pattern(size: usize, seed: u8) -> Vec<u8> {
+    (0..size)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// Downloads a file node through the client and decrypts it, checking the MAC.
+async fn download(client: &MegaClient, node: &DecryptedNode) -> Vec<u8> {
+    let info = client.download_info(&node.wire.h).await.unwrap();
+    let Some(NodeKey::File { key, meta_mac }) = &node.key else {
+        panic!("not a file node");
+    };
+    let mut data = client
+        .fetch_range(&info.url, 0..info.size)
+        .await
+        .unwrap()
+        .to_vec();
+    assert_eq!(data.len() as u64, info.size);
+    mc::decrypt_file(key, &mut data, meta_mac).expect("MAC verifies");
+    data
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_tree_transfers_and_changes() {
+    let f = fixture("Alice@Example.com").await;
+    let client = login(&f).await;
+    assert_eq!(client.session().email, "alice@example.com");
+
+    let (nodes, sn) = client.fetch_tree().await.unwrap();
+    assert!(sn.is_some(), "f carries a sequence number");
+    let kinds: Vec<i64> = nodes.iter().map(|n| n.wire.t).collect();
+    for t in [2, 3, 4] {
+        assert!(kinds.contains(&t), "root of type {t} present: {kinds:?}");
+    }
+    let root = root(&nodes);
+
+    let folder = client.mkdir(&root, &attrs("Fotos ✓")).await.unwrap();
+    assert_eq!(folder.name(), Some("Fotos ✓"));
+    assert!(matches!(folder.key, Some(NodeKey::Folder(_))));
+
+    let dir = tempfile::tempdir().unwrap();
+    let sizes = [0usize, 1, 131_071, 131_073, 1_048_575, (5 << 20) + 3];
+    let mut uploaded = Vec::new();
+    for (i, &size) in sizes.iter().enumerate() {
+        let path = dir.path().join(format!("f{i}"));
+        let data = pattern(size, i as u8);
+        std::fs::write(&path, &data).unwrap();
+        let progressed = Arc::new(AtomicU64::new(0));
+        let p = progressed.clone();
+        let node = client
+            .upload(
+                &folder.wire.h,
+                &path,
+                &attrs(&format!("файл {size}.bin")),
+                None,
+                move |n| {
+                    p.fetch_add(n, Ordering::Relaxed);
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(progressed.load(Ordering::Relaxed), size as u64);
+        assert_eq!(node.wire.s, Some(size as u64));
+        assert_eq!(download(&client, &node).await, data, "size {size}");
+        uploaded.push((node, data));
+    }
+
+    // A fresh fetch sees everything, decrypted with the right names and keys.
+    let (nodes, _) = client.fetch_tree().await.unwrap();
+    for (node, data) in &uploaded {
+        let again = nodes.iter().find(|n| n.wire.h == node.wire.h).unwrap();
+        assert_eq!(again.name(), node.name());
+        assert_eq!(download(&client, again).await, *data);
+    }
+
+    // Rename, move, replace, delete.
+    let (target, data) = &uploaded[2];
+    let key = target.key.clone().unwrap();
+    client
+        .set_attributes(&target.wire.h, &key, &attrs("renamed.bin"))
+        .await
+        .unwrap();
+    client.move_node(&target.wire.h, &root).await.unwrap();
+    let (nodes, _) = client.fetch_tree().await.unwrap();
+    let moved = nodes.iter().find(|n| n.wire.h == target.wire.h).unwrap();
+    assert_eq!(moved.name(), Some("renamed.bin"));
+    assert_eq!(moved.wire.p, root);
+    assert_eq!(download(&client, moved).await, *data);
+
+    let path = dir.path().join("new");
+    std::fs::write(&path, b"new content").unwrap();
+    let replacement = client
+        .upload(
+            &root,
+            &path,
+            &attrs("renamed.bin"),
+            Some(&target.wire.h),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let (nodes, _) = client.fetch_tree().await.unwrap();
+    let same_name: Vec<_> = nodes
+        .iter()
+        .filter(|n| n.wire.p == root && n.name() == Some("renamed.bin"))
+        .collect();
+    assert_eq!(same_name.len(), 1, "a replaced file leaves one node");
+    assert_eq!(same_name[0].wire.h, replacement.wire.h);
+
+    client.delete(&folder.wire.h).await.unwrap();
+    let (nodes, _) = client.fetch_tree().await.unwrap();
+    for (node, _) in &uploaded[3..] {
+        assert!(
+            nodes.iter().all(|n| n.wire.h != node.wire.h),
+            "deleted with its folder"
+        );
+    }
+    assert!(matches!(
+        client.delete(&folder.wire.h).await,
+        Err(MegaError::Api(veilfs::mega::ErrorCode::NotFound))
+    ));
+
+    let quota = client.quota().await.unwrap();
+    assert!(quota.total > 0);
+    assert!(
+        quota.used >= 11,
+        "used {} counts the replacement",
+        quota.used
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_and_unknown_user_are_bad_credentials() {
+    let f = fixture("bob@example.com").await;
+    for (email, password) in [
+        ("bob@example.com", "wrong"),
+        ("nobody@example.com", PASSWORD),
+    ] {
+        let err = MegaClient::login(
+            &f.server.url(),
+            &credentials(email, password),
+            RetryPolicy::quick(),
+            TransferOptions::default(),
+        )
+        .await
+        .err()
+        .expect("login fails");
+        assert!(matches!(err, MegaError::BadCredentials), "{email}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saved_session_resumes_without_password_and_is_private() {
+    let f = fixture("carol@example.com").await;
+    let client = login(&f).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("session.json");
+    client.session().save(&path).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains(PASSWORD));
+
+    let resumed = MegaClient::resume(
+        Session::load(&path).unwrap(),
+        RetryPolicy::quick(),
+        TransferOptions::default(),
+    )
+    .unwrap();
+    let (nodes, _) = resumed.fetch_tree().await.unwrap();
+    let folder = resumed
+        .mkdir(&root(&nodes), &attrs("from resumed"))
+        .await
+        .unwrap();
+    assert_eq!(folder.name(), Some("from resumed"));
+
+    // After logout the session no longer works.
+    let api_url = f.server.url();
+    drop(client);
+    let again = MegaClient::resume(
+        Session::load(&path).unwrap(),
+        RetryPolicy::quick(),
+        TransferOptions::default(),
+    )
+    .unwrap();
+    let session = Session::load(&path).unwrap();
+    session.logout(again.api()).await.unwrap();
+    let err = resumed
+        .fetch_tree()
+        .await
+        .err()
+        .expect("revoked session fails");
+    assert!(
+        matches!(err, MegaError::Api(veilfs::mega::ErrorCode::Session)),
+        "{err} at {api_url}"
+    );
+    assert!(Session::load(&dir.path().join("missing")).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_client_sees_changes_through_action_packets() {
+    let f = fixture("dave@example.com").await;
+    let first = login(&f).await;
+    let second = login(&f).await;
+    let (nodes, sn) = second.fetch_tree().await.unwrap();
+    let mut sn = sn.unwrap();
+    let folder = first
+        .mkdir(&root(&nodes), &attrs("made by first"))
+        .await
+        .unwrap();
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut seen = false;
+    while !seen && std::time::Instant::now() < deadline {
+        let answer = second.poll_actions(&sn).await.unwrap();
+        if let Some(packets) = answer.a {
+            for packet in packets {
+                if packet["a"] == "t" {
+                    for node in packet["t"]["f"].as_array().unwrap() {
+                        let node: veilfs::mega::wire::WireNode =
+                            serde_json::from_value(node.clone()).unwrap();
+                        let decrypted = second.decrypt(node);
+                        if decrypted.wire.h == folder.wire.h {
+                            assert_eq!(decrypted.name(), Some("made by first"));
+                            seen = true;
+                        }
+                    }
+                }
+            }
+            sn = answer.sn.expect("packets come with the next sn");
+        } else if let Some(w) = answer.w {
+            tokio::time::timeout(std::time::Duration::from_secs(3), second.wait(&w))
+                .await
+                .ok();
+        }
+    }
+    assert!(seen, "the second client saw the first one's folder");
+}
