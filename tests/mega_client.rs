@@ -263,8 +263,7 @@ async fn saved_session_resumes_without_password_and_is_private() {
     let err = resumed
         .fetch_tree()
         .await
-        .err()
-        .expect("revoked session fails");
+        .expect_err("revoked session fails");
     assert!(
         matches!(err, MegaError::Api(veilfs::mega::ErrorCode::Session)),
         "{err} at {api_url}"

@@ -6,8 +6,8 @@ use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use veilfs::crypto::mega::{
-    FileKey, b64_decode, b64_decode_array, b64_encode, decrypt_attributes, decrypt_file,
-    derive_v2, ecb_decrypt, ecb_encrypt, encrypt_attributes, encrypt_file, v2_salt,
+    FileKey, b64_decode, b64_decode_array, b64_encode, decrypt_attributes, decrypt_file, derive_v2,
+    ecb_decrypt, ecb_encrypt, encrypt_attributes, encrypt_file, v2_salt,
 };
 use veilfs::crypto::rsa::MegaPrivateKey;
 use veilfs::server::{self, RunningServer, ServerConfig, SignupPolicy};
@@ -86,7 +86,9 @@ impl Api {
     }
 
     async fn cmd(&mut self, cmd: Value) -> Value {
-        let answer = self.cs_raw(serde_json::to_vec(&json!([cmd])).unwrap()).await;
+        let answer = self
+            .cs_raw(serde_json::to_vec(&json!([cmd])).unwrap())
+            .await;
         match answer {
             Value::Array(mut results) => {
                 assert_eq!(results.len(), 1);
@@ -111,14 +113,20 @@ impl Api {
             return answer;
         }
         let k = b64_decode(answer["k"].as_str().unwrap()).unwrap();
-        self.master_key = ecb_decrypt(&keys.password_key, &k).unwrap().try_into().unwrap();
+        self.master_key = ecb_decrypt(&keys.password_key, &k)
+            .unwrap()
+            .try_into()
+            .unwrap();
         let private =
             MegaPrivateKey::from_wrapped(&self.master_key, answer["privk"].as_str().unwrap())
                 .unwrap();
         let sid = private
             .decrypt_session_id(answer["csid"].as_str().unwrap())
             .unwrap();
-        assert_eq!(&b64_decode(&sid).unwrap()[16..27], answer["u"].as_str().unwrap().as_bytes());
+        assert_eq!(
+            &b64_decode(&sid).unwrap()[16..27],
+            answer["u"].as_str().unwrap().as_bytes()
+        );
         self.sid = Some(sid);
         answer
     }
@@ -149,7 +157,10 @@ impl Api {
     async fn mkdir(&mut self, parent: &str, name: &str) -> String {
         let el = self.folder_element(name);
         let answer = self.cmd(json!({"a": "p", "t": parent, "n": [el]})).await;
-        answer["f"][0]["h"].as_str().unwrap_or_else(|| panic!("{answer}")).to_string()
+        answer["f"][0]["h"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{answer}"))
+            .to_string()
     }
 
     /// Encrypts `plain` as MEGA does, uploads it in `pieces` POSTs and returns the node key
@@ -158,7 +169,9 @@ impl Api {
         let fk = FileKey::generate();
         let mut data = plain.to_vec();
         let mac = encrypt_file(&fk, &mut data);
-        let url = self.cmd(json!({"a": "u", "s": data.len(), "ssl": 0, "v": 2})).await;
+        let url = self
+            .cmd(json!({"a": "u", "s": data.len(), "ssl": 0, "v": 2}))
+            .await;
         let url = url["p"].as_str().unwrap().to_string();
         let mut token = Vec::new();
         let step = data.len().div_ceil(pieces.max(1)).max(1);
@@ -166,7 +179,13 @@ impl Api {
         loop {
             let end = (offset + step).min(data.len());
             let body = data[offset..end].to_vec();
-            let resp = self.http.post(format!("{url}/{offset}")).body(body).send().await.unwrap();
+            let resp = self
+                .http
+                .post(format!("{url}/{offset}"))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(resp.status(), 200);
             let bytes = resp.bytes().await.unwrap();
             if end == data.len() {
@@ -200,12 +219,20 @@ impl Api {
         let (key, token) = self.upload(plain, 3).await;
         let el = self.file_element(&token, &key, name);
         let answer = self.cmd(json!({"a": "p", "t": parent, "n": [el]})).await;
-        (answer["f"][0]["h"].as_str().unwrap_or_else(|| panic!("{answer}")).to_string(), key)
+        (
+            answer["f"][0]["h"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{answer}"))
+                .to_string(),
+            key,
+        )
     }
 
     /// Downloads a file node through `g` and decrypts and MAC-checks it.
     async fn download(&mut self, handle: &str, node_key: &[u8; 32]) -> Vec<u8> {
-        let g = self.cmd(json!({"a": "g", "g": 1, "ssl": 0, "n": handle})).await;
+        let g = self
+            .cmd(json!({"a": "g", "g": 1, "ssl": 0, "n": handle}))
+            .await;
         let size = g["s"].as_u64().unwrap() as usize;
         let url = g["g"].as_str().unwrap();
         let mut data = Vec::new();
@@ -227,11 +254,21 @@ impl Api {
 }
 
 fn node_of_type(f: &Value, t: i64) -> &Value {
-    f["f"].as_array().unwrap().iter().find(|n| n["t"] == t).unwrap()
+    f["f"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["t"] == t)
+        .unwrap()
 }
 
 fn children_of<'a>(f: &'a Value, parent: &str) -> Vec<&'a Value> {
-    f["f"].as_array().unwrap().iter().filter(|n| n["p"] == parent).collect()
+    f["f"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["p"] == parent)
+        .collect()
 }
 
 async fn signup(server: &RunningServer, email: &str, password: &str) -> String {
@@ -262,13 +299,23 @@ async fn malformed_requests_get_mega_error_codes() {
     ] {
         assert_eq!(api.cs_raw(body.to_vec()).await, json!(-2), "{body:?}");
     }
-    let too_many: Vec<Value> = (0..501).map(|_| json!({"a": "us0", "user": "x@y.z"})).collect();
-    assert_eq!(api.cs_raw(serde_json::to_vec(&too_many).unwrap()).await, json!(-2));
+    let too_many: Vec<Value> = (0..501)
+        .map(|_| json!({"a": "us0", "user": "x@y.z"}))
+        .collect();
+    assert_eq!(
+        api.cs_raw(serde_json::to_vec(&too_many).unwrap()).await,
+        json!(-2)
+    );
     // Over the body limit: EARGS. The server answers before reading everything, so the client
     // may instead see the connection close while it is still sending; either way no HTTP error
     // status, and the server keeps serving.
     let huge = format!("[{{\"a\":\"us0\",\"user\":\"{}\"}}]", "x".repeat(5 << 20));
-    let sent = api.http.post(format!("{}cs?id=1", api.base)).body(huge).send().await;
+    let sent = api
+        .http
+        .post(format!("{}cs?id=1", api.base))
+        .body(huge)
+        .send()
+        .await;
     if let Ok(resp) = sent {
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.text().await.unwrap(), "-2");
@@ -303,7 +350,11 @@ async fn malformed_requests_get_mega_error_codes() {
     // An unknown or garbled session fails the whole request with ESID.
     for sid in ["garbage", "", &b64_encode(&[7u8; 43])] {
         api.sid = Some(sid.to_string());
-        assert_eq!(api.cs_raw(b"[{\"a\":\"ug\"}]".to_vec()).await, json!(-15), "{sid:?}");
+        assert_eq!(
+            api.cs_raw(b"[{\"a\":\"ug\"}]".to_vec()).await,
+            json!(-15),
+            "{sid:?}"
+        );
     }
     api.sid = None;
 
@@ -329,30 +380,54 @@ async fn malformed_requests_get_mega_error_codes() {
     for cmd in bad {
         assert_eq!(api.cmd(cmd.clone()).await, json!(-2), "{cmd}");
     }
-    assert_eq!(api.cmd(json!({"a": "g", "g": 1, "n": "zzzzzzzz"})).await, json!(-9));
+    assert_eq!(
+        api.cmd(json!({"a": "g", "g": 1, "n": "zzzzzzzz"})).await,
+        json!(-9)
+    );
     assert_eq!(api.cmd(json!({"a": "d", "n": "zzzzzzzz"})).await, json!(-9));
     let el = api.folder_element("x");
-    assert_eq!(api.cmd(json!({"a": "p", "t": "zzzzzzzz", "n": [el]})).await, json!(-9));
+    assert_eq!(
+        api.cmd(json!({"a": "p", "t": "zzzzzzzz", "n": [el]})).await,
+        json!(-9)
+    );
     // The roots cannot be renamed, moved or deleted.
     let rubbish = node_of_type(&f, 4)["h"].as_str().unwrap();
     assert_eq!(
-        api.cmd(json!({"a": "a", "n": root, "at": b64_encode(&[0; 16])})).await,
+        api.cmd(json!({"a": "a", "n": root, "at": b64_encode(&[0; 16])}))
+            .await,
         json!(-11)
     );
-    assert_eq!(api.cmd(json!({"a": "m", "n": root, "t": rubbish})).await, json!(-11));
+    assert_eq!(
+        api.cmd(json!({"a": "m", "n": root, "t": rubbish})).await,
+        json!(-11)
+    );
     assert_eq!(api.cmd(json!({"a": "d", "n": root})).await, json!(-11));
     // A file token that was never issued.
     let fake = api.file_element(&b64_encode(&[1u8; 36]), &[3u8; 32], "f");
-    assert_eq!(api.cmd(json!({"a": "p", "t": root, "n": [fake]})).await, json!(-9));
+    assert_eq!(
+        api.cmd(json!({"a": "p", "t": root, "n": [fake]})).await,
+        json!(-9)
+    );
     // Nothing above created a node.
     assert_eq!(api.fetch().await["f"].as_array().unwrap().len(), 3);
 
     // Transfer endpoints: unknown upload ids, bad offsets, bad download tokens and ranges.
-    assert_eq!(api.post("ul/AAAAAAAAAAAAAAAAAAAAAA/0", "x").await, (200, b"-8".to_vec()));
-    assert_eq!(api.post("ul/AAAAAAAAAAAAAAAAAAAAAA/x", "x").await, (200, b"-2".to_vec()));
+    assert_eq!(
+        api.post("ul/AAAAAAAAAAAAAAAAAAAAAA/0", "x").await,
+        (200, b"-8".to_vec())
+    );
+    assert_eq!(
+        api.post("ul/AAAAAAAAAAAAAAAAAAAAAA/x", "x").await,
+        (200, b"-2".to_vec())
+    );
     assert_eq!(api.post("ul/../../etc/0", "x").await.0, 404);
     let base = server.url();
-    assert_eq!(api.get(&format!("{base}dl/{}", b64_encode(&[0; 43]))).await.0, 403);
+    assert_eq!(
+        api.get(&format!("{base}dl/{}", b64_encode(&[0; 43])))
+            .await
+            .0,
+        403
+    );
     assert_eq!(api.get(&format!("{base}dl/garbage/0-10")).await.0, 403);
     assert_eq!(api.get(&format!("{base}dl/garbage/10-0")).await.0, 400);
     assert_eq!(api.get(&format!("{base}nothing-here")).await.0, 404);
@@ -379,8 +454,12 @@ async fn prelogin_does_not_reveal_whether_an_account_exists() {
     signup(&server, EMAIL, PASSWORD).await;
     let mut api = Api::new(&server);
     let known = api.cmd(json!({"a": "us0", "user": EMAIL})).await;
-    let unknown = api.cmd(json!({"a": "us0", "user": "nobody@example.org"})).await;
-    let other = api.cmd(json!({"a": "us0", "user": "somebody@example.org"})).await;
+    let unknown = api
+        .cmd(json!({"a": "us0", "user": "nobody@example.org"}))
+        .await;
+    let other = api
+        .cmd(json!({"a": "us0", "user": "somebody@example.org"}))
+        .await;
     // Same shape: the same keys, version 2, a 32-byte salt.
     for answer in [&known, &unknown, &other] {
         let obj = answer.as_object().unwrap();
@@ -392,13 +471,25 @@ async fn prelogin_does_not_reveal_whether_an_account_exists() {
     }
     assert_ne!(unknown["s"], other["s"]);
     // Case does not matter, as every client lower-cases.
-    assert_eq!(api.cmd(json!({"a": "us0", "user": "NoBody@Example.org"})).await, unknown);
-    assert_eq!(api.cmd(json!({"a": "us0", "user": "ALICE@example.org"})).await, known);
+    assert_eq!(
+        api.cmd(json!({"a": "us0", "user": "NoBody@Example.org"}))
+            .await,
+        unknown
+    );
+    assert_eq!(
+        api.cmd(json!({"a": "us0", "user": "ALICE@example.org"}))
+            .await,
+        known
+    );
     // A fake salt is stable, even across a restart (the secret lives in the data directory).
     server.shutdown().await.unwrap();
     let server = start(&dir).await;
     let mut api = Api::new(&server);
-    assert_eq!(api.cmd(json!({"a": "us0", "user": "nobody@example.org"})).await, unknown);
+    assert_eq!(
+        api.cmd(json!({"a": "us0", "user": "nobody@example.org"}))
+            .await,
+        unknown
+    );
     assert_eq!(api.cmd(json!({"a": "us0", "user": EMAIL})).await, known);
     // Timing: both paths do the same work; a loose bound catches a path that does much more.
     let known_time = time_prelogins(&server, EMAIL).await;
@@ -441,9 +532,16 @@ async fn wrong_password_is_enoent_and_failures_are_rate_limited() {
     assert_eq!(api.login(EMAIL, PASSWORD).await, json!(-6));
     // ...but not for another one.
     signup(&server, "bob@example.org", "bob's password").await;
-    assert!(api.login("bob@example.org", "bob's password").await.is_object());
+    assert!(
+        api.login("bob@example.org", "bob's password")
+            .await
+            .is_object()
+    );
     // Once confirmed, an account can no longer be opened by its handle alone.
-    assert_eq!(api.cmd(json!({"a": "us", "user": ok["u"]})).await, json!(-9));
+    assert_eq!(
+        api.cmd(json!({"a": "us", "user": ok["u"]})).await,
+        json!(-9)
+    );
     server.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -490,24 +588,40 @@ async fn registration_follows_the_v2_flow_and_refuses_duplicates() {
     // A tampered code is refused; the real one confirms, once.
     let mut tampered = raw.clone();
     *tampered.last_mut().unwrap() ^= 1;
-    assert_eq!(api.cmd(json!({"a": "ud2", "c": b64_encode(&tampered)})).await, json!(-9));
+    assert_eq!(
+        api.cmd(json!({"a": "ud2", "c": b64_encode(&tampered)}))
+            .await,
+        json!(-9)
+    );
     let confirmed = api.cmd(json!({"a": "ud2", "c": code})).await;
     assert_eq!(
         confirmed,
-        json!([b64_encode(b"carol@example.org"), b64_encode(b"Carol"), uh, 2])
+        json!([
+            b64_encode(b"carol@example.org"),
+            b64_encode(b"Carol"),
+            uh,
+            2
+        ])
     );
     assert_eq!(api.cmd(json!({"a": "ud2", "c": code})).await, json!(-9));
-    let pre = api.cmd(json!({"a": "us0", "user": "carol@example.org"})).await;
+    let pre = api
+        .cmd(json!({"a": "us0", "user": "carol@example.org"}))
+        .await;
     assert_eq!(pre["s"], b64_encode(&v2_salt(&crv)));
     // Key pair: once only, and only a public key that parses.
-    assert_eq!(api.cmd(json!({"a": "up", "pubk": "AAAA", "privk": b64_encode(&[0; 32])})).await, json!(-2));
+    assert_eq!(
+        api.cmd(json!({"a": "up", "pubk": "AAAA", "privk": b64_encode(&[0; 32])}))
+            .await,
+        json!(-2)
+    );
     server.shutdown().await.unwrap();
 
     // Closed signup refuses new accounts.
     let server = start_with(&dir, |c| c.signup = SignupPolicy::Closed).await;
     let mut api = Api::new(&server);
     assert_eq!(
-        api.cmd(json!({"a": "up", "k": b64_encode(&[0; 16]), "ts": b64_encode(&[0; 32])})).await,
+        api.cmd(json!({"a": "up", "k": b64_encode(&[0; 16]), "ts": b64_encode(&[0; 32])}))
+            .await,
         json!(-11)
     );
     server.shutdown().await.unwrap();
@@ -526,19 +640,33 @@ async fn upload_becomes_visible_only_when_completed() {
     api.login(EMAIL, PASSWORD).await;
     let root = api.root().await;
     let size = 300_000usize;
-    let url = api.cmd(json!({"a": "u", "s": size, "ssl": 0, "v": 2, "ms": 0, "r": 0, "e": 0})).await;
+    let url = api
+        .cmd(json!({"a": "u", "s": size, "ssl": 0, "v": 2, "ms": 0, "r": 0, "e": 0}))
+        .await;
     let url = url["p"].as_str().unwrap().to_string();
     assert!(url.starts_with(&server.url()), "{url}");
     let upload_path = url.strip_prefix(&server.url()).unwrap().to_string();
     let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
     // Second half first: chunks may arrive in any order.
-    let (status, body) = api.post(&format!("{upload_path}/131072"), data[131072..].to_vec()).await;
+    let (status, body) = api
+        .post(&format!("{upload_path}/131072"), data[131072..].to_vec())
+        .await;
     assert_eq!((status, body.len()), (200, 0));
     // Past the end, or overlapping it: ERANGE, nothing written.
-    assert_eq!(api.post(&format!("{upload_path}/299999"), vec![0u8; 2]).await.1, b"-7");
+    assert_eq!(
+        api.post(&format!("{upload_path}/299999"), vec![0u8; 2])
+            .await
+            .1,
+        b"-7"
+    );
     // A checksum that does not match the body: EKEY, resend.
     assert_eq!(
-        api.post(&format!("{upload_path}/0?c={}", b64_encode(&[0; 12])), data[..1000].to_vec()).await.1,
+        api.post(
+            &format!("{upload_path}/0?c={}", b64_encode(&[0; 12])),
+            data[..1000].to_vec()
+        )
+        .await
+        .1,
         b"-14"
     );
     // The SDK's `d=` asks for "0" on non-final chunks.
@@ -547,31 +675,57 @@ async fn upload_becomes_visible_only_when_completed() {
         crc[i % 12] ^= b;
     }
     assert_eq!(
-        api.post(&format!("{upload_path}/0?d={}", b64_encode(&crc)), data[..65536].to_vec()).await.1,
+        api.post(
+            &format!("{upload_path}/0?d={}", b64_encode(&crc)),
+            data[..65536].to_vec()
+        )
+        .await
+        .1,
         b"0"
     );
     // Not complete yet: no token, no file anywhere.
     assert_eq!(children_of(&api.fetch().await, &root).len(), 0);
-    let (_, token) = api.post(&format!("{upload_path}/65536"), data[65536..131072].to_vec()).await;
+    let (_, token) = api
+        .post(
+            &format!("{upload_path}/65536"),
+            data[65536..131072].to_vec(),
+        )
+        .await;
     assert_eq!(token.len(), 36);
     assert_eq!(token[35], 1, "binary token for v=2");
     // A retransmitted chunk after completion gets the same token, not a second upload.
-    assert_eq!(api.post(&format!("{upload_path}/0"), data[..1000].to_vec()).await.1, token);
+    assert_eq!(
+        api.post(&format!("{upload_path}/0"), data[..1000].to_vec())
+            .await
+            .1,
+        token
+    );
     // Complete but not yet put: still invisible.
     assert_eq!(children_of(&api.fetch().await, &root).len(), 0);
     let tmp_files = std::fs::read_dir(dir.join("blobs/tmp")).unwrap().count();
     assert_eq!(tmp_files, 1);
     let key = [0x42u8; 32];
     let el = api.file_element(&b64_encode(&token), &key, "ünïcödé name.bin");
-    let put = api.cmd(json!({"a": "p", "t": root, "n": [el.clone()]})).await;
+    let put = api
+        .cmd(json!({"a": "p", "t": root, "n": [el.clone()]}))
+        .await;
     let node = &put["f"][0];
     assert_eq!(node["s"], size);
     assert_eq!(node["t"], 0);
     assert_eq!(node["p"], root.as_str());
-    let uh = api.cmd(json!({"a": "ug"})).await["u"].as_str().unwrap().to_string();
-    assert_eq!(node["k"].as_str().unwrap(), format!("{uh}:{}", el["k"].as_str().unwrap()));
+    let uh = api.cmd(json!({"a": "ug"})).await["u"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        node["k"].as_str().unwrap(),
+        format!("{uh}:{}", el["k"].as_str().unwrap())
+    );
     // The token is spent.
-    assert_eq!(api.cmd(json!({"a": "p", "t": root, "n": [el]})).await, json!(-9));
+    assert_eq!(
+        api.cmd(json!({"a": "p", "t": root, "n": [el]})).await,
+        json!(-9)
+    );
     assert_eq!(std::fs::read_dir(dir.join("blobs/tmp")).unwrap().count(), 0);
     // Download: exact ranges, 200, end clamped; whole file without a range.
     let h = node["h"].as_str().unwrap();
@@ -579,8 +733,14 @@ async fn upload_becomes_visible_only_when_completed() {
     assert_eq!(g["s"], size);
     assert_eq!(g["at"], put["f"][0]["a"]);
     let dl = g["g"].as_str().unwrap();
-    assert_eq!(api.get(&format!("{dl}/0-15")).await, (200, data[..16].to_vec()));
-    assert_eq!(api.get(&format!("{dl}/299990-400000")).await, (200, data[299990..].to_vec()));
+    assert_eq!(
+        api.get(&format!("{dl}/0-15")).await,
+        (200, data[..16].to_vec())
+    );
+    assert_eq!(
+        api.get(&format!("{dl}/299990-400000")).await,
+        (200, data[299990..].to_vec())
+    );
     assert_eq!(api.get(&format!("{dl}/300000-300001")).await.0, 416);
     assert_eq!(api.get(dl).await, (200, data.clone()));
     let resp = api.http.post(format!("{dl}/5-9")).send().await.unwrap();
@@ -592,7 +752,12 @@ async fn upload_becomes_visible_only_when_completed() {
     assert!(u2["p"].as_str().unwrap().starts_with("https://"));
     // go-mega sends no `v`: a 36-character text token, accepted as-is by `p`.
     let u = api.cmd(json!({"a": "u", "s": 3})).await;
-    let path = u["p"].as_str().unwrap().strip_prefix(&server.url()).unwrap().to_string();
+    let path = u["p"]
+        .as_str()
+        .unwrap()
+        .strip_prefix(&server.url())
+        .unwrap()
+        .to_string();
     let (_, text_token) = api.post(&format!("{path}/0"), b"abc".to_vec()).await;
     let text_token = String::from_utf8(text_token).unwrap();
     assert_eq!(text_token.len(), 36);
@@ -600,12 +765,19 @@ async fn upload_becomes_visible_only_when_completed() {
     assert!(api.cmd(json!({"a": "p", "t": root, "n": [el]})).await["f"].is_array());
     // A zero-byte file: one empty POST to offset 0.
     let u = api.cmd(json!({"a": "u", "s": 0, "v": 2})).await;
-    let path = u["p"].as_str().unwrap().strip_prefix(&server.url()).unwrap().to_string();
+    let path = u["p"]
+        .as_str()
+        .unwrap()
+        .strip_prefix(&server.url())
+        .unwrap()
+        .to_string();
     let (_, zero_token) = api.post(&format!("{path}/0"), Vec::new()).await;
     assert_eq!(zero_token.len(), 36);
     let el = api.file_element(&b64_encode(&zero_token), &key, "empty");
     let put = api.cmd(json!({"a": "p", "t": root, "n": [el]})).await;
-    let g = api.cmd(json!({"a": "g", "g": 1, "n": put["f"][0]["h"]})).await;
+    let g = api
+        .cmd(json!({"a": "g", "g": 1, "n": put["f"][0]["h"]}))
+        .await;
     assert_eq!(g["s"], 0);
     assert_eq!(api.get(g["g"].as_str().unwrap()).await, (200, Vec::new()));
     // Another account cannot use this account's token or nodes.
@@ -626,18 +798,30 @@ async fn quota_refuses_uploads_and_leaves_nothing_behind() {
     let mut api = Api::new(&server);
     api.login(EMAIL, PASSWORD).await;
     let root = api.root().await;
-    assert_eq!(api.cmd(json!({"a": "u", "s": 1001, "v": 2})).await, json!(-17));
+    assert_eq!(
+        api.cmd(json!({"a": "u", "s": 1001, "v": 2})).await,
+        json!(-17)
+    );
     // Two uploads that fit alone but not together: the second completion is refused.
     let (key_a, token_a) = api.upload(&[1u8; 600], 1).await;
     let (key_b, token_b) = api.upload(&[2u8; 600], 2).await;
     let el_a = api.file_element(&token_a, &key_a, "a");
     let el_b = api.file_element(&token_b, &key_b, "b");
     assert!(api.cmd(json!({"a": "p", "t": root, "n": [el_a]})).await["f"].is_array());
-    assert_eq!(api.cmd(json!({"a": "p", "t": root, "n": [el_b.clone()]})).await, json!(-17));
+    assert_eq!(
+        api.cmd(json!({"a": "p", "t": root, "n": [el_b.clone()]}))
+            .await,
+        json!(-17)
+    );
     // Nothing of the refused upload remains: no temp blob, and its token is gone.
     assert_eq!(std::fs::read_dir(dir.join("blobs/tmp")).unwrap().count(), 0);
-    assert_eq!(api.cmd(json!({"a": "p", "t": root, "n": [el_b]})).await, json!(-9));
-    let uq = api.cmd(json!({"a": "uq", "strg": 1, "xfer": 1, "pro": 1})).await;
+    assert_eq!(
+        api.cmd(json!({"a": "p", "t": root, "n": [el_b]})).await,
+        json!(-9)
+    );
+    let uq = api
+        .cmd(json!({"a": "uq", "strg": 1, "xfer": 1, "pro": 1}))
+        .await;
     assert_eq!(uq["mstrg"], 1000);
     assert_eq!(uq["cstrg"], 600);
     assert_eq!(uq["cstrgn"][&root], json!([600, 1, 0, 0, 0]));
@@ -683,22 +867,37 @@ async fn tree_commands_move_rename_delete_recursively() {
     outer["h"] = json!("tmpouter");
     let mut inner = api.folder_element("inner");
     inner["p"] = json!("tmpouter");
-    let nested = api.cmd(json!({"a": "p", "t": root, "n": [outer, inner]})).await;
+    let nested = api
+        .cmd(json!({"a": "p", "t": root, "n": [outer, inner]}))
+        .await;
     assert_eq!(nested["f"][1]["p"], nested["f"][0]["h"]);
     // ECIRCULAR: into itself or its own subtree.
     assert_eq!(api.cmd(json!({"a": "m", "n": a, "t": a})).await, json!(-10));
     assert_eq!(api.cmd(json!({"a": "m", "n": a, "t": c})).await, json!(-10));
     // Not into a file.
-    assert_eq!(api.cmd(json!({"a": "m", "n": b, "t": file})).await, json!(-2));
+    assert_eq!(
+        api.cmd(json!({"a": "m", "n": b, "t": file})).await,
+        json!(-2)
+    );
     // Rename, then move the file up; listing order puts parents first.
     let (fk, _) = FileKey::unpack(&key).unwrap();
     let mut attrs = Map::new();
     attrs.insert("n".into(), json!("renamed ✓.txt"));
     let at = encrypt_attributes(&fk.key, &attrs);
-    assert_eq!(api.cmd(json!({"a": "a", "n": file, "at": at})).await, json!(0));
+    assert_eq!(
+        api.cmd(json!({"a": "a", "n": file, "at": at})).await,
+        json!(0)
+    );
     // go-mega's spelling: attr + key.
-    assert_eq!(api.cmd(json!({"a": "a", "n": file, "attr": at, "key": "x"})).await, json!(0));
-    assert_eq!(api.cmd(json!({"a": "m", "n": file, "t": a})).await, json!(0));
+    assert_eq!(
+        api.cmd(json!({"a": "a", "n": file, "attr": at, "key": "x"}))
+            .await,
+        json!(0)
+    );
+    assert_eq!(
+        api.cmd(json!({"a": "m", "n": file, "t": a})).await,
+        json!(0)
+    );
     let f = api.fetch().await;
     let list = f["f"].as_array().unwrap();
     let pos = |h: &str| list.iter().position(|n| n["h"] == h).unwrap();
@@ -708,15 +907,26 @@ async fn tree_commands_move_rename_delete_recursively() {
     assert_eq!(moved["a"], at.as_str());
     assert_eq!(api.download(&file, &key).await, b"deep content");
     // "Delete" in clients = move to the rubbish bin; then delete for real, recursively.
-    assert_eq!(api.cmd(json!({"a": "m", "n": a, "t": rubbish})).await, json!(0));
+    assert_eq!(
+        api.cmd(json!({"a": "m", "n": a, "t": rubbish})).await,
+        json!(0)
+    );
     assert_eq!(api.cmd(json!({"a": "d", "n": a})).await, json!(0));
     let f = api.fetch().await;
-    let left: Vec<&str> = f["f"].as_array().unwrap().iter().map(|n| n["h"].as_str().unwrap()).collect();
+    let left: Vec<&str> = f["f"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["h"].as_str().unwrap())
+        .collect();
     for gone in [&a, &b, &c, &file] {
         assert!(!left.contains(&gone.as_str()), "{gone} survived");
     }
     assert_eq!(left.len(), 5, "roots plus outer/inner");
-    assert_eq!(api.cmd(json!({"a": "g", "g": 1, "n": file})).await, json!(-9));
+    assert_eq!(
+        api.cmd(json!({"a": "g", "g": 1, "n": file})).await,
+        json!(-9)
+    );
     // The content is gone from disk too.
     let blobs: usize = walk(&dir.join("blobs"))
         .into_iter()
@@ -726,7 +936,9 @@ async fn tree_commands_move_rename_delete_recursively() {
     // A repeated request id replays the answer instead of running the command twice.
     api.id += 1;
     let path = format!("cs?id={}&sid={}", api.id, api.sid.as_ref().unwrap());
-    let body = serde_json::to_vec(&json!([{"a": "p", "t": root, "n": [api.folder_element("once")]}])).unwrap();
+    let body =
+        serde_json::to_vec(&json!([{"a": "p", "t": root, "n": [api.folder_element("once")]}]))
+            .unwrap();
     let first = api.post(&path, body.clone()).await;
     let second = api.post(&path, body).await;
     assert_eq!(first, second);
@@ -785,11 +997,17 @@ async fn sc_delivers_other_sessions_changes_and_wait_url_long_polls() {
         (r.status().as_u16(), t.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiter.is_finished(), "wait URL answered with nothing to report");
+    assert!(
+        !waiter.is_finished(),
+        "wait URL answered with nothing to report"
+    );
     let folder = a.mkdir(&root, "shared").await;
     let (status, held) = waiter.await.unwrap();
     assert_eq!(status, 200);
-    assert!(held >= Duration::from_millis(250) && held < Duration::from_secs(5), "{held:?}");
+    assert!(
+        held >= Duration::from_millis(250) && held < Duration::from_secs(5),
+        "{held:?}"
+    );
     let news = json_of(b.post(&sc(&b, &sn), "").await);
     let packets = news["a"].as_array().unwrap();
     assert_eq!(packets.len(), 1);
@@ -803,11 +1021,18 @@ async fn sc_delivers_other_sessions_changes_and_wait_url_long_polls() {
     let other = a.mkdir(&root, "other").await;
     let f = b.fetch().await;
     let sn3 = f["sn"].as_str().unwrap().to_string();
-    assert_eq!(a.cmd(json!({"a": "m", "n": folder, "t": other, "i": "inst123456"})).await, json!(0));
+    assert_eq!(
+        a.cmd(json!({"a": "m", "n": folder, "t": other, "i": "inst123456"}))
+            .await,
+        json!(0)
+    );
     let mut attrs = Map::new();
     attrs.insert("n".into(), json!("x"));
     let at = encrypt_attributes(&[0; 16], &attrs);
-    assert_eq!(a.cmd(json!({"a": "a", "n": folder, "at": at})).await, json!(0));
+    assert_eq!(
+        a.cmd(json!({"a": "a", "n": folder, "at": at})).await,
+        json!(0)
+    );
     assert_eq!(a.cmd(json!({"a": "d", "n": other})).await, json!(0));
     let news = json_of(b.post(&sc(&b, &sn3), "").await);
     let packets = news["a"].as_array().unwrap();
@@ -815,7 +1040,15 @@ async fn sc_delivers_other_sessions_changes_and_wait_url_long_polls() {
     assert_eq!(kinds, ["d", "t", "u", "d"]);
     assert_eq!(packets[0]["m"], 1);
     assert_eq!(packets[0]["i"], "inst123456");
-    assert_eq!(packets[0].as_object().unwrap().keys().take(2).collect::<Vec<_>>(), ["a", "i"]);
+    assert_eq!(
+        packets[0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .take(2)
+            .collect::<Vec<_>>(),
+        ["a", "i"]
+    );
     assert_eq!(packets[1]["t"]["f"][0]["p"], other.as_str());
     assert_eq!(packets[2]["at"], at.as_str());
     // Only the top of a deleted subtree is announced.
@@ -824,7 +1057,10 @@ async fn sc_delivers_other_sessions_changes_and_wait_url_long_polls() {
     let own = json_of(a.post(&sc(&a, &sn3), "").await);
     assert_eq!(own["a"].as_array().unwrap().len(), 4);
     // Bad inputs: a bare error code, never an HTTP failure.
-    assert_eq!(json_of(b.post("sc?sn=AAAAAAAAAAA&sid=nope", "").await), json!(-15));
+    assert_eq!(
+        json_of(b.post("sc?sn=AAAAAAAAAAA&sid=nope", "").await),
+        json!(-15)
+    );
     assert_eq!(json_of(b.post(&sc(&b, "garbage"), "").await), json!(-2));
     assert_eq!(json_of(b.post("wsc/forged", "").await), json!(-2));
     server.shutdown().await.unwrap();
@@ -848,7 +1084,11 @@ async fn sessions_can_be_listed_revoked_and_ended() {
     let list = a.cmd(json!({"a": "usl", "x": 1})).await;
     let list = list.as_array().unwrap();
     assert_eq!(list.len(), 3);
-    assert_eq!(list.iter().filter(|s| s[5] == 1).count(), 1, "exactly one current");
+    assert_eq!(
+        list.iter().filter(|s| s[5] == 1).count(),
+        1,
+        "exactly one current"
+    );
     // The listed ids are not session ids.
     for s in list {
         let id = s[6].as_str().unwrap();
@@ -857,9 +1097,15 @@ async fn sessions_can_be_listed_revoked_and_ended() {
         }
     }
     // Revoke one by id.
-    let other_id = list.iter().find(|s| s[5] == 0).unwrap()[6].as_str().unwrap().to_string();
+    let other_id = list.iter().find(|s| s[5] == 0).unwrap()[6]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(a.cmd(json!({"a": "usr", "s": [other_id]})).await, json!(0));
-    let alive = [b.cmd(json!({"a": "ug"})).await, c.cmd(json!({"a": "ug"})).await];
+    let alive = [
+        b.cmd(json!({"a": "ug"})).await,
+        c.cmd(json!({"a": "ug"})).await,
+    ];
     assert_eq!(alive.iter().filter(|v| **v == json!(-15)).count(), 1);
     // Kill all others, then log out.
     assert_eq!(a.cmd(json!({"a": "usr", "ko": 1})).await, json!(0));
@@ -875,8 +1121,16 @@ async fn sessions_can_be_listed_revoked_and_ended() {
     let raw_sid = b64_decode(&sid).unwrap();
     for path in walk(&dir) {
         let bytes = std::fs::read(&path).unwrap();
-        assert!(!contains(&bytes, sid.as_bytes()), "{} holds a session id", path.display());
-        assert!(!contains(&bytes, &raw_sid), "{} holds a session id", path.display());
+        assert!(
+            !contains(&bytes, sid.as_bytes()),
+            "{} holds a session id",
+            path.display()
+        );
+        assert!(
+            !contains(&bytes, &raw_sid),
+            "{} holds a session id",
+            path.display()
+        );
     }
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -917,14 +1171,21 @@ async fn restart_on_the_same_data_dir_keeps_everything() {
     api3.login(EMAIL, PASSWORD).await;
     assert_eq!(api3.master_key, api.master_key);
     assert_eq!(api3.download(&file, &key).await, content);
-    let wrapped: [u8; 16] =
-        b64_decode_array(after["f"].as_array().unwrap().iter().find(|n| n["h"] == folder).unwrap()["k"]
+    let wrapped: [u8; 16] = b64_decode_array(
+        after["f"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["h"] == folder)
+            .unwrap()["k"]
             .as_str()
             .unwrap()
             .split(':')
             .nth(1)
-            .unwrap(), "k")
-        .unwrap();
+            .unwrap(),
+        "k",
+    )
+    .unwrap();
     assert_eq!(ecb_decrypt(&api3.master_key, &wrapped).unwrap().len(), 16);
     server.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(dir);

@@ -35,7 +35,9 @@ fn all_files(dir: &Path) -> Vec<PathBuf> {
 
 /// megajs's test rule, as in the script: byte i = (start + i·step) mod 255.
 fn test_buffer(size: usize, start: usize, step: usize) -> Vec<u8> {
-    (0..size).map(|i| ((start + i * step) % 255) as u8).collect()
+    (0..size)
+        .map(|i| ((start + i * step) % 255) as u8)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +94,10 @@ async fn megajs_uses_our_server_end_to_end() {
 
     assert_eq!(out["sameUser"], true);
     assert_eq!(out["user"].as_str().unwrap().len(), 11);
-    assert_eq!(out["rootsA"], json!(["Cloud Drive", "Rubbish Bin", "Inbox"]));
+    assert_eq!(
+        out["rootsA"],
+        json!(["Cloud Drive", "Rubbish Bin", "Inbox"])
+    );
     assert_eq!(out["folderName"], folder);
     // Uploads: every name and size as megajs sees them after `p`.
     let uploads = out["uploads"].as_array().unwrap();
@@ -104,12 +109,22 @@ async fn megajs_uses_our_server_end_to_end() {
     }
     let mut names: Vec<&str> = sizes.iter().map(|(_, n)| *n).collect();
     names.sort();
-    let listed: Vec<&str> = out["listA"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    let listed: Vec<&str> = out["listA"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
     let mut listed_sorted = listed.clone();
     listed_sorted.sort();
     assert_eq!(listed_sorted, names);
     // Downloads: megajs checked each file's MAC; the bytes are what was uploaded.
-    for (d, (i, (size, name))) in out["downloads"].as_array().unwrap().iter().zip(sizes.iter().enumerate()) {
+    for (d, (i, (size, name))) in out["downloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(sizes.iter().enumerate())
+    {
         assert_eq!(d["name"], *name);
         assert_eq!(d["ok"], true, "{name}");
         assert_eq!(d["size"], *size);
@@ -117,22 +132,51 @@ async fn megajs_uses_our_server_end_to_end() {
         assert_eq!(d["sha256"], hex::encode(sha2_digest(&want)), "{name}");
     }
     // Session B saw the uploads through `sc`, and could download one.
-    let mut listed_b: Vec<&str> = out["listB"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let mut listed_b: Vec<&str> = out["listB"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     listed_b.sort();
     assert_eq!(listed_b, names);
     assert_eq!(out["downloadB"], true);
-    assert!(out["afterRenameB"].as_array().unwrap().contains(&json!("renamed ✓ ß")));
-    assert!(!out["afterRenameB"].as_array().unwrap().contains(&json!("ß—15 bytes")));
+    assert!(
+        out["afterRenameB"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("renamed ✓ ß"))
+    );
+    assert!(
+        !out["afterRenameB"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("ß—15 bytes"))
+    );
     assert_eq!(out["movedParentA"], true);
-    assert!(out["rootB"].as_array().unwrap().contains(&json!("один.txt")));
+    assert!(
+        out["rootB"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("один.txt"))
+    );
     // After rename, move and delete, both sessions agree.
     assert_eq!(out["finalA"], out["finalB"]);
-    let final_names: Vec<&str> = out["finalA"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let final_names: Vec<&str> = out["finalA"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     assert_eq!(final_names.len(), sizes.len() - 2);
     assert!(!final_names.contains(&"café 384K-16"));
     assert!(!final_names.contains(&"один.txt"));
     assert!(final_names.contains(&"renamed ✓ ß"));
-    assert!(out["circular"].as_str().unwrap().contains("ECIRCULAR"), "{}", out["circular"]);
+    assert!(
+        out["circular"].as_str().unwrap().contains("ECIRCULAR"),
+        "{}",
+        out["circular"]
+    );
     // Quota as megajs reads it: everything uploaded minus the deleted file.
     let total: u64 = sizes.iter().map(|(s, _)| s).sum();
     assert_eq!(out["spaceUsed"], total - 393_200);
@@ -141,7 +185,10 @@ async fn megajs_uses_our_server_end_to_end() {
     let requests = out["requests"].as_array().unwrap();
     assert!(requests.iter().all(|r| r["status"] == 200), "{requests:?}");
     for path in ["cs", "ul", "dl", "sc", "wsc"] {
-        assert!(requests.iter().any(|r| r["path"] == path), "megajs never used /{path}");
+        assert!(
+            requests.iter().any(|r| r["path"] == path),
+            "megajs never used /{path}"
+        );
     }
 
     // Zero knowledge: no name, content sample, or password on the server's disk.

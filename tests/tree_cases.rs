@@ -421,3 +421,20 @@ fn mega_handles_round_trip_and_bad_ones_are_refused() {
     }
     assert_eq!(Handle::from_u64(1 << 50).to_mega(), None);
 }
+
+#[test]
+fn a_large_snapshot_is_written_in_slices_and_reloads_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = vec![root()];
+    nodes.extend((2..1_300).map(|h| file(h, 1, &format!("n{h}"))));
+    let inos: Vec<u64> = {
+        let mut tree = open(dir.path());
+        tree.apply_snapshot(nodes, Some("big")).unwrap();
+        (1..1_300).map(|h| ino(&tree, h)).collect()
+    };
+    let tree = open(dir.path());
+    assert_eq!(tree.seq(), Some("big"));
+    assert_eq!(tree.len(), 1_299);
+    assert_eq!((1..1_300).map(|h| ino(&tree, h)).collect::<Vec<_>>(), inos);
+    assert_eq!(tree.child_count(ROOT_INO), Some(1_298));
+}

@@ -194,7 +194,7 @@ fn to_node(h: u64, n: &MNode) -> Node {
         size: n.size,
         mtime_ns: n.size as i64 * 1_000_000_007,
         created: n.created,
-        mode: (h % 3 == 0).then_some(0o640),
+        mode: h.is_multiple_of(3).then_some(0o640),
         symlink: (h == 4).then(|| "../target".to_owned()),
         key: vec![h as u8; 16],
         attrs,

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use zeroize::Zeroizing;
 
 use crate::crypto::mega::{
-    b64_decode, b64_decode_array, b64_encode, derive_v2, ecb_decrypt, ecb_encrypt,
-    hashed_auth_key, v2_salt,
+    b64_decode, b64_decode_array, b64_encode, derive_v2, ecb_decrypt, ecb_encrypt, hashed_auth_key,
+    v2_salt,
 };
 use crate::crypto::random_array;
 use crate::crypto::rsa::{MegaPrivateKey, SID_LEN};
@@ -43,9 +43,10 @@ pub fn read_password(file: Option<&std::path::Path>) -> anyhow::Result<Zeroizing
             );
             Zeroizing::new(text.lines().next().unwrap_or("").to_string())
         }
-        None => Zeroizing::new(std::env::var("VEILFS_PASSWORD").map_err(|_| {
-            anyhow!("no password: give --password-file or set VEILFS_PASSWORD")
-        })?),
+        None => Zeroizing::new(
+            std::env::var("VEILFS_PASSWORD")
+                .map_err(|_| anyhow!("no password: give --password-file or set VEILFS_PASSWORD"))?,
+        ),
     };
     ensure!(!password.is_empty(), "the password is empty");
     Ok(password)
@@ -58,7 +59,10 @@ pub async fn run(args: SignupArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| args.email.split('@').next().unwrap_or("").to_string());
     let user = create_account(&args.server, &args.email, &password, &name).await?;
-    println!("created account {} (user handle {user})", args.email.to_lowercase());
+    println!(
+        "created account {} (user handle {user})",
+        args.email.to_lowercase()
+    );
     Ok(())
 }
 
@@ -180,18 +184,26 @@ pub async fn create_account(
         .call(json!({"a": "up", "pubk": key.public_key().to_b64(), "privk": key.to_wrapped(&master_key)}))
         .await
         .context("storing the key pair")?;
-    ensure!(as_str(&answer, "up")? == user, "key pair stored for another account");
+    ensure!(
+        as_str(&answer, "up")? == user,
+        "key pair stored for another account"
+    );
     // The temporary session has served its purpose; leave no credential behind.
     api.call(json!({"a": "sml"})).await?;
 
     // 6. Prove it: a normal login now yields a csid our private key opens.
     api.set_session(None);
-    let login = api.call(json!({"a": "us", "user": email, "uh": auth})).await?;
+    let login = api
+        .call(json!({"a": "us", "user": email, "uh": auth}))
+        .await?;
     let private = MegaPrivateKey::from_wrapped(&master_key, field(&login, "privk")?)?;
     let sid = private.decrypt_session_id(field(&login, "csid")?)?;
     api.set_session(Some(sid));
     let info = api.call(json!({"a": "ug"})).await?;
-    ensure!(field(&info, "u")? == user, "session belongs to another user");
+    ensure!(
+        field(&info, "u")? == user,
+        "session belongs to another user"
+    );
     api.call(json!({"a": "sml"})).await?;
     Ok(user)
 }

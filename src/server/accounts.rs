@@ -219,12 +219,8 @@ async fn create_ephemeral(ctx: &Ctx<'_>, cmd: &Map<String, Value>) -> ApiResult<
             break uh;
         }
     };
-    let roots = [
-        nodes::TYPE_ROOT,
-        nodes::TYPE_INBOX,
-        nodes::TYPE_RUBBISH,
-    ]
-    .map(|t| Node::new_root(t, now()));
+    let roots = [nodes::TYPE_ROOT, nodes::TYPE_INBOX, nodes::TYPE_RUBBISH]
+        .map(|t| Node::new_root(t, now()));
     let account = Account {
         u: uh.clone(),
         email: None,
@@ -343,7 +339,10 @@ pub async fn confirm_signup(ctx: &Ctx<'_>, cmd: &Map<String, Value>) -> ApiResul
         .state
         .secret
         .mac("signup confirmation", &[token, pending.email.as_bytes()]);
-    if !ct_eq(&code[code.len() - CONFIRM_MAC_LEN..], &check[..CONFIRM_MAC_LEN]) {
+    if !ct_eq(
+        &code[code.len() - CONFIRM_MAC_LEN..],
+        &check[..CONFIRM_MAC_LEN],
+    ) {
         return Err(ApiError::NotFound);
     }
     let mut writes = Writes::new();

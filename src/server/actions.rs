@@ -130,15 +130,21 @@ fn open_wait_token(state: &AppState, token: &str) -> Option<(String, u64)> {
 }
 
 /// What `sc` answers for a client at `since`.
-pub fn poll_answer(state: &AppState, account: &Account, since: u64, base: &str) -> ApiResult<Value> {
+pub fn poll_answer(
+    state: &AppState,
+    account: &Account,
+    since: u64,
+    base: &str,
+) -> ApiResult<Value> {
     if since >= account.seq {
         return Ok(json!({"w": format!("{base}wsc/{}", wait_token(state, &account.u, since))}));
     }
     let prefix = keys::actions(&account.u);
-    let batches =
-        state
-            .store
-            .scan_after::<Vec<Value>>(&prefix, &keys::action(&account.u, since), MAX_BATCHES_PER_POLL)?;
+    let batches = state.store.scan_after::<Vec<Value>>(
+        &prefix,
+        &keys::action(&account.u, since),
+        MAX_BATCHES_PER_POLL,
+    )?;
     let mut last = since;
     let mut packets = Vec::new();
     for (key, batch) in batches {

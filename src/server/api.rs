@@ -142,7 +142,10 @@ pub fn force_https(base: &str) -> String {
 fn json_response(body: Bytes) -> Response {
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body,
     )
         .into_response()
@@ -277,8 +280,7 @@ pub fn handle_arg<'a>(cmd: &'a Map<String, Value>, key: &str) -> ApiResult<&'a s
 /// Whether `s` is a base64url string of exactly `len` characters.
 pub fn is_handle(s: &str, len: usize) -> bool {
     s.len() == len
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 

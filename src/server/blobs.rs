@@ -44,7 +44,10 @@ fn check_id(id: &str) -> io::Result<()> {
     {
         Ok(())
     } else {
-        Err(io::Error::new(io::ErrorKind::InvalidInput, "invalid blob id"))
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "invalid blob id",
+        ))
     }
 }
 

@@ -148,10 +148,7 @@ fn parents_first(nodes: Vec<Node>) -> Vec<Node> {
     // Anything unreachable (a bug elsewhere) is still listed rather than hidden.
     order.extend((0..nodes.len()).filter(|&i| !seen[i]));
     let mut slots: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
-    order
-        .into_iter()
-        .filter_map(|i| slots[i].take())
-        .collect()
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
 }
 
 /// `f`: the whole tree, `ok: []` always (megajs reduces over it), and the sequence number

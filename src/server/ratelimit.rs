@@ -4,7 +4,7 @@
 //! number of addresses tried, and flooding many addresses cannot evict the one under attack
 //! (at worst an innocent address sharing its bucket is slowed down for one window).
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -44,9 +44,7 @@ impl LoginLimiter {
     }
 
     fn bucket(&self, email: &str) -> &Mutex<Bucket> {
-        let mut h = self.hasher.build_hasher();
-        email.hash(&mut h);
-        &self.buckets[(h.finish() % BUCKETS as u64) as usize]
+        &self.buckets[(self.hasher.hash_one(email) % BUCKETS as u64) as usize]
     }
 
     /// Whether another attempt for `email` may be checked now.

@@ -28,6 +28,10 @@ use crate::crypto::mega::{b64_decode, b64_encode};
 /// Largest upload POST body. Clients send one or a few MAC chunks (at most 1 MiB each) per
 /// POST; the SDK may send several MB.
 pub const MAX_CHUNK: usize = 64 * 1024 * 1024;
+/// Uploads one account may have in progress at once.
+const MAX_OPEN_UPLOADS: usize = 256;
+/// How long after it started a finished upload still replays its token to retransmits.
+const COMPLETED_REPLAY: std::time::Duration = std::time::Duration::from_secs(3600);
 /// How long a download URL stays valid.
 const DOWNLOAD_TTL_SECS: i64 = 24 * 3600;
 /// Download bodies are streamed in pieces of this size.
@@ -160,30 +164,50 @@ pub async fn upload_url(ctx: &Ctx<'_>, cmd: &Map<String, Value>) -> ApiResult<Va
         return Err(ApiError::OverQuota);
     }
     let id = random_handle::<16>();
-    let expired: Vec<String> = {
-        let mut map = ctx.state.uploads.map.lock().unwrap_or_else(|p| p.into_inner());
+    let (expired, too_many) = {
+        let mut map = ctx
+            .state
+            .uploads
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let ttl = ctx.state.config.upload_ttl;
-        let expired: Vec<String> = map
-            .iter()
-            .filter(|(_, u)| u.created.elapsed() > ttl)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in &expired {
-            map.remove(id);
+        // Unfinished uploads past their lifetime go with their content. Finished ones are
+        // kept only to replay the token to a retransmitted chunk; their content waits for `p`
+        // under the token record, so it stays.
+        let mut expired = Vec::new();
+        map.retain(|id, u| {
+            let age = u.created.elapsed();
+            match &u.token {
+                None if age > ttl => {
+                    expired.push(id.clone());
+                    false
+                }
+                Some(_) => age <= COMPLETED_REPLAY,
+                None => true,
+            }
+        });
+        // Bounded memory: an account cannot hold open more uploads than any client runs.
+        let open = map
+            .values()
+            .filter(|u| u.uh == uh && u.token.is_none())
+            .count();
+        let too_many = open >= MAX_OPEN_UPLOADS;
+        if !too_many {
+            map.insert(
+                id.clone(),
+                Upload {
+                    uh,
+                    size,
+                    binary_token: version >= 2,
+                    created: Instant::now(),
+                    ranges: Vec::new(),
+                    completing: false,
+                    token: None,
+                },
+            );
         }
-        map.insert(
-            id.clone(),
-            Upload {
-                uh,
-                size,
-                binary_token: version >= 2,
-                created: Instant::now(),
-                ranges: Vec::new(),
-                completing: false,
-                token: None,
-            },
-        );
-        expired
+        (expired, too_many)
     };
     if !expired.is_empty() {
         let blobs = ctx.state.blobs.clone();
@@ -192,6 +216,9 @@ pub async fn upload_url(ctx: &Ctx<'_>, cmd: &Map<String, Value>) -> ApiResult<Va
                 let _ = blobs.discard_temp(&id);
             }
         });
+    }
+    if too_many {
+        return Err(ApiError::TooMany);
     }
     let base = if ssl >= 2 {
         force_https(&ctx.base_url)
@@ -202,7 +229,12 @@ pub async fn upload_url(ctx: &Ctx<'_>, cmd: &Map<String, Value>) -> ApiResult<Va
 }
 
 fn text(body: impl Into<Body>) -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], body.into()).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain")],
+        body.into(),
+    )
+        .into_response()
 }
 
 fn upload_error(e: ApiError) -> Response {
@@ -263,8 +295,7 @@ pub async fn upload_chunk(
     if !data.is_empty() {
         let blobs = state.blobs.clone();
         let blob_id = id.clone();
-        match tokio::task::spawn_blocking(move || blobs.write_temp(&blob_id, offset, &data)).await
-        {
+        match tokio::task::spawn_blocking(move || blobs.write_temp(&blob_id, offset, &data)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return upload_error(e.into()),
             Err(e) => return upload_error(e.into()),
@@ -316,7 +347,13 @@ fn token_response(token: Bytes) -> Response {
 /// Makes the upload durable and records its completion token: 35 random bytes and `0x01` for
 /// clients that asked with `v >= 2` (they base64 it), else 36 base64 characters that go-mega
 /// puts into `p` as they are.
-async fn complete(state: &AppState, id: &str, uh: &str, size: u64, binary: bool) -> ApiResult<Bytes> {
+async fn complete(
+    state: &AppState,
+    id: &str,
+    uh: &str,
+    size: u64,
+    binary: bool,
+) -> ApiResult<Bytes> {
     let blobs = state.blobs.clone();
     let blob_id = id.to_string();
     tokio::task::spawn_blocking(move || blobs.seal_temp(&blob_id, size)).await??;
@@ -403,7 +440,10 @@ fn status(code: StatusCode, msg: &'static str) -> Response {
 }
 
 /// `GET|POST /dl/<token>`: the whole file.
-pub async fn download_all(State(state): State<Arc<AppState>>, Path(token): Path<String>) -> Response {
+pub async fn download_all(
+    State(state): State<Arc<AppState>>,
+    Path(token): Path<String>,
+) -> Response {
     serve_download(&state, &token, None).await
 }
 
@@ -417,7 +457,9 @@ pub async fn download_range(
         .split_once('-')
         .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
     match parsed {
-        Some((start, end)) if start <= end => serve_download(&state, &token, Some((start, end))).await,
+        Some((start, end)) if start <= end => {
+            serve_download(&state, &token, Some((start, end))).await
+        }
         _ => status(StatusCode::BAD_REQUEST, "bad range"),
     }
 }

@@ -27,6 +27,8 @@ const KEY_CHECK: &[u8] = b"m/check";
 const KEY_SEQ: &[u8] = b"m/seq";
 const KEY_NEXT_INO: &[u8] = b"m/next_ino";
 const CHECK_PLAINTEXT: &[u8] = b"veilfs tree store v1";
+/// Records per sled batch; see [`TreeStore::commit`].
+const MAX_BATCH: usize = 500;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 /// sled caches up to 1 GiB by default; the tree keeps its own in-memory copy, so sled's cache
@@ -202,11 +204,33 @@ impl TreeStore {
     }
 
     pub(crate) fn commit(&self, commit: Commit) -> Result<(), TreeError> {
+        let mut upserts = commit.upserts.as_slice();
+        if upserts.len() > MAX_BATCH {
+            // sled holds a whole batch in memory several times over (about 6 KiB per record
+            // measured at 100 000 records, far over the RSS budget), so a large commit (a full
+            // snapshot) goes in slices. The sequence number is removed first and written with
+            // the last slice: if the process dies in between, the store says it is current to
+            // nothing, the next mount fetches everything again, and the records still written
+            // serve only to keep inode numbers stable.
+            self.db.remove(KEY_SEQ)?;
+            while upserts.len() > MAX_BATCH {
+                let (slice, rest) = upserts.split_at(MAX_BATCH);
+                let mut batch = sled::Batch::default();
+                for r in slice {
+                    batch.insert(
+                        &node_key(r.handle)[..],
+                        self.seal(encode(r), &node_aad(r.handle)),
+                    );
+                }
+                self.db.apply_batch(batch)?;
+                upserts = rest;
+            }
+        }
         let mut batch = sled::Batch::default();
         for h in commit.removes {
             batch.remove(&node_key(h)[..]);
         }
-        for r in &commit.upserts {
+        for r in upserts {
             let sealed = self.seal(encode(r), &node_aad(r.handle));
             batch.insert(&node_key(r.handle)[..], sealed);
         }
