@@ -3,11 +3,11 @@
 //! The layout follows `DESIGN.md`: `crypto` holds pure functions with no I/O; every other
 //! module builds on it.
 
+pub mod cache;
 pub mod cli;
 pub mod crypto;
 pub mod mega;
 pub mod retry;
 pub mod server;
-pub mod util;
 pub mod tree;
-pub mod cache;
+pub mod util;
