@@ -53,6 +53,38 @@ impl RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// Runs `attempt` until it succeeds, fails with an error `retryable` refuses, or the tries
+    /// are used up; waits [`delay`](Self::delay) between tries.
+    pub async fn run<T, E, F, Fut>(
+        &self,
+        retryable: impl Fn(&E) -> bool,
+        mut attempt: F,
+    ) -> Result<T, E>
+    where
+        E: std::fmt::Display,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let mut tries = 0;
+        loop {
+            let error = match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            if !retryable(&error) {
+                return Err(error);
+            }
+            let Some(delay) = self.delay(tries) else {
+                return Err(error);
+            };
+            tracing::debug!(%error, tries, ?delay, "retrying");
+            tries += 1;
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +106,54 @@ mod tests {
         }
         assert_eq!(p.delay(4), None);
         assert_eq!(p.delay(100), None);
+    }
+
+    #[tokio::test]
+    async fn run_retries_only_what_is_retryable_and_stops() {
+        let p = RetryPolicy::quick();
+        let mut calls = 0;
+        let r: Result<(), String> = p
+            .run(
+                |_| true,
+                || {
+                    calls += 1;
+                    async { Err("down".to_string()) }
+                },
+            )
+            .await;
+        assert_eq!(r, Err("down".into()));
+        assert_eq!(calls, p.max_attempts);
+
+        let mut calls = 0;
+        let r: Result<(), String> = p
+            .run(
+                |_| false,
+                || {
+                    calls += 1;
+                    async { Err("fatal".to_string()) }
+                },
+            )
+            .await;
+        assert_eq!(r, Err("fatal".into()));
+        assert_eq!(calls, 1);
+
+        let mut calls = 0;
+        let r: Result<u32, String> = p
+            .run(
+                |_| true,
+                || {
+                    calls += 1;
+                    let n = calls;
+                    async move {
+                        if n < 2 {
+                            Err("once".to_string())
+                        } else {
+                            Ok(n)
+                        }
+                    }
+                },
+            )
+            .await;
+        assert_eq!(r, Ok(2));
     }
 }

@@ -192,22 +192,9 @@ async fn post_with_retry(
     offset: u64,
     body: Bytes,
 ) -> Result<Option<String>> {
-    let mut attempt = 0;
-    loop {
-        let error = match post_once(http, url, offset, body.clone()).await {
-            Ok(token) => return Ok(token),
-            Err(e) => e,
-        };
-        if !is_retryable(&error) {
-            return Err(error);
-        }
-        let Some(delay) = policy.delay(attempt) else {
-            return Err(error);
-        };
-        tracing::debug!(%error, offset, attempt, "retrying upload POST");
-        attempt += 1;
-        tokio::time::sleep(delay).await;
-    }
+    policy
+        .run(is_retryable, || post_once(http, url, offset, body.clone()))
+        .await
 }
 
 async fn post_once(
@@ -308,21 +295,9 @@ pub async fn fetch_range(
     if range.is_empty() {
         return Ok(Bytes::new());
     }
-    let mut attempt = 0;
-    loop {
-        let error = match fetch_once(http, url, range.clone()).await {
-            Ok(bytes) => return Ok(bytes),
-            Err(e) => e,
-        };
-        if !is_retryable(&error) {
-            return Err(error);
-        }
-        let Some(delay) = policy.delay(attempt) else {
-            return Err(error);
-        };
-        attempt += 1;
-        tokio::time::sleep(delay).await;
-    }
+    policy
+        .run(is_retryable, || fetch_once(http, url, range.clone()))
+        .await
 }
 
 async fn fetch_once(
