@@ -310,8 +310,9 @@ async fn malformed_requests_get_mega_error_codes() {
     // may instead see the connection close while it is still sending; either way no HTTP error
     // status, and the server keeps serving.
     let huge = format!("[{{\"a\":\"us0\",\"user\":\"{}\"}}]", "x".repeat(5 << 20));
-    let sent = api
-        .http
+    // A client of its own: the connection the server drops must not go back into the shared
+    // pool, where the next request would find it dead.
+    let sent = reqwest::Client::new()
         .post(format!("{}cs?id=1", api.base))
         .body(huge)
         .send()
