@@ -28,7 +28,7 @@ async fn fixture(email: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let config = ServerConfig::new(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
     let server = server::start(config).await.unwrap();
-    veilfs::cli::signup::create_account(&server.url(), email, PASSWORD, "test")
+    veilfs::mega::signup::create_account(&server.url(), email, PASSWORD, "test")
         .await
         .unwrap();
     Fixture {

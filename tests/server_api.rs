@@ -272,7 +272,7 @@ fn children_of<'a>(f: &'a Value, parent: &str) -> Vec<&'a Value> {
 }
 
 async fn signup(server: &RunningServer, email: &str, password: &str) -> String {
-    veilfs::cli::signup::create_account(&server.url(), email, password, "Test User")
+    veilfs::mega::signup::create_account(&server.url(), email, password, "Test User")
         .await
         .unwrap()
 }
@@ -554,7 +554,7 @@ async fn registration_follows_the_v2_flow_and_refuses_duplicates() {
     signup(&server, EMAIL, PASSWORD).await;
     // The same address again: the client's uc2 gets EEXIST, so signup fails.
     let url = server.url();
-    let again = veilfs::cli::signup::create_account(&url, "Alice@Example.org", "x", "A");
+    let again = veilfs::mega::signup::create_account(&url, "Alice@Example.org", "x", "A");
     let err = again.await.unwrap_err();
     assert!(format!("{err:#}").contains("-12"), "{err:#}");
     // By hand: an ephemeral account, then a confirmation code for a fresh address.

@@ -49,7 +49,7 @@ async fn megajs_uses_our_server_end_to_end() {
     // Mixed case: megajs lower-cases before us0/us, and so must everyone else.
     let email = "Interop.User@Example.org";
     let password = "pässwörd — ✓ 2";
-    veilfs::cli::signup::create_account(&server.url(), email, password, "Interop")
+    veilfs::mega::signup::create_account(&server.url(), email, password, "Interop")
         .await
         .unwrap();
 

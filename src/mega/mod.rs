@@ -6,6 +6,7 @@ pub mod error;
 pub mod hashcash;
 pub mod nodes;
 pub mod session;
+pub mod signup;
 pub mod transfer;
 pub mod wire;
 

@@ -143,7 +143,7 @@ impl Session {
             let private = MegaPrivateKey::from_wrapped(&master, &privk)?;
             (private.decrypt_session_id(csid)?, Some(privk))
         } else if let Some(tsid) = &login.tsid {
-            check_tsid(&master, tsid)?;
+            check_tsid(&master, tsid, login.u.as_deref())?;
             api.set_session(Some(tsid.clone()));
             // An account that never logged in has no RSA keys; make them, as MEGA's clients do.
             let private = tokio::task::spawn_blocking(MegaPrivateKey::generate)
@@ -223,10 +223,14 @@ impl Session {
     }
 }
 
-/// A temporary session id (account without RSA keys) is `r16 ‖ user handle (11) ‖ AES(master, r16)`.
-fn check_tsid(master: &[u8; 16], tsid: &str) -> Result<()> {
+/// A temporary session id (account without RSA keys) is `r16 ‖ user handle (11) ‖ AES(master, r16)`:
+/// only a server holding our master key's proof can make one, and it must name `user` when given.
+pub(crate) fn check_tsid(master: &[u8; 16], tsid: &str, user: Option<&str>) -> Result<()> {
     let bytes = mc::b64_decode(tsid)?;
-    if bytes.len() != 43 || mc::ecb_encrypt(master, &bytes[..16])? != bytes[27..43] {
+    if bytes.len() != 43
+        || user.is_some_and(|u| u.as_bytes() != &bytes[16..27])
+        || mc::ecb_encrypt(master, &bytes[..16])? != bytes[27..43]
+    {
         return Err(MegaError::BadCredentials);
     }
     Ok(())
