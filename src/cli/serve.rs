@@ -60,7 +60,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let server = crate::server::start(config).await?;
     // Scripts and tests read the actual address from this line (the port may have been 0).
     println!("veilfs serve: listening on {}", server.url());
-    server.run_until_signal().await
+    Ok(server.run_until_signal().await?)
 }
 
 #[cfg(test)]

@@ -24,7 +24,6 @@ pub mod sessions;
 pub mod store;
 pub mod transfer;
 
-use anyhow::Context as _;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, post};
@@ -78,6 +77,33 @@ impl ServerConfig {
     }
 }
 
+/// Why the server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}: {detail}")]
+    Store { what: &'static str, detail: String },
+    #[error("server task: {0}")]
+    Task(String),
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
+    let what = what.into();
+    move |source| ServerError::Io { what, source }
+}
+
+fn store_error(what: &'static str) -> impl FnOnce(errors::ApiError) -> ServerError {
+    move |e| ServerError::Store {
+        what,
+        detail: e.to_string(),
+    }
+}
+
 /// Everything the handlers share.
 pub struct AppState {
     pub config: ServerConfig,
@@ -91,15 +117,19 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn open(config: ServerConfig) -> anyhow::Result<AppState> {
+    pub fn open(config: ServerConfig) -> Result<AppState, ServerError> {
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating data directory {}", dir.display()))?;
-        let secret = secret::Secret::load_or_create(dir).context("loading the server secret")?;
+        std::fs::create_dir_all(dir).map_err(io_error(format!(
+            "creating data directory {}",
+            dir.display()
+        )))?;
+        let secret =
+            secret::Secret::load_or_create(dir).map_err(io_error("loading the server secret"))?;
         let store = store::Store::open(&dir.join("meta"))
-            .map_err(|e| anyhow::anyhow!("opening the metadata store: {e}"))?;
+            .map_err(store_error("opening the metadata store"))?;
         let blobs: Arc<dyn blobs::BlobStore> = Arc::new(
-            blobs::LocalBlobStore::open(&dir.join("blobs")).context("opening the blob store")?,
+            blobs::LocalBlobStore::open(&dir.join("blobs"))
+                .map_err(io_error("opening the blob store"))?,
         );
         let state = AppState {
             limiter: ratelimit::LoginLimiter::new(config.login_failures, config.login_window),
@@ -112,7 +142,7 @@ impl AppState {
             replay: api::ReplayCache::default(),
         };
         transfer::discard_orphan_temps(&state)
-            .map_err(|e| anyhow::anyhow!("cleaning unfinished uploads: {e}"))?;
+            .map_err(store_error("cleaning unfinished uploads"))?;
         Ok(state)
     }
 }
@@ -162,22 +192,25 @@ impl RunningServer {
     }
 
     /// Stops accepting, ends long polls, waits for requests in flight, and flushes metadata.
-    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
         self.state.notifier.shut_down();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        (&mut self.task).await??;
+        (&mut self.task)
+            .await
+            .map_err(|e| ServerError::Task(e.to_string()))?
+            .map_err(io_error("serving"))?;
         self.state
             .store
             .flush()
             .await
-            .map_err(|e| anyhow::anyhow!("flushing metadata: {e}"))?;
+            .map_err(store_error("flushing metadata"))?;
         Ok(())
     }
 
     /// Runs until the process gets Ctrl-C or SIGTERM.
-    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+    pub async fn run_until_signal(self) -> Result<(), ServerError> {
         shutdown_signal().await;
         tracing::info!("shutting down");
         self.shutdown().await
@@ -185,13 +218,15 @@ impl RunningServer {
 }
 
 /// Opens the data directory, binds `config.listen` and serves in the background.
-pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
+pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let listen = config.listen;
     let state = Arc::new(AppState::open(config)?);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("binding {listen}"))?;
-    let addr = listener.local_addr()?;
+        .map_err(io_error(format!("binding {listen}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(io_error("reading the bound address"))?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let app = router(state.clone());
     let task = tokio::spawn(async move {
