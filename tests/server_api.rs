@@ -617,7 +617,10 @@ async fn registration_follows_the_v2_flow_and_refuses_duplicates() {
     );
     server.shutdown().await.unwrap();
 
+    let _ = std::fs::remove_dir_all(&dir);
+
     // Closed signup refuses new accounts.
+    let dir = temp_dir("signup-closed");
     let server = start_with(&dir, |c| c.signup = SignupPolicy::Closed).await;
     let mut api = Api::new(&server);
     assert_eq!(

@@ -104,6 +104,30 @@ fn store_error(what: &'static str) -> impl FnOnce(errors::ApiError) -> ServerErr
     }
 }
 
+/// Opens the metadata store. sled holds a file lock that a previous instance in this process or
+/// a restarting one releases a moment after it stops (sled's background threads drop it), so a
+/// lock conflict is waited out for a few seconds before it counts as an error.
+fn open_store(path: &std::path::Path) -> Result<store::Store, ServerError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match store::Store::open(path) {
+            Ok(store) => return Ok(store),
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                return Err(ServerError::Store {
+                    what: "opening the metadata store",
+                    detail: e.to_string(),
+                });
+            }
+        }
+    }
+}
+
 /// Everything the handlers share.
 pub struct AppState {
     pub config: ServerConfig,
@@ -125,8 +149,7 @@ impl AppState {
         )))?;
         let secret =
             secret::Secret::load_or_create(dir).map_err(io_error("loading the server secret"))?;
-        let store = store::Store::open(&dir.join("meta"))
-            .map_err(store_error("opening the metadata store"))?;
+        let store = open_store(&dir.join("meta"))?;
         let blobs: Arc<dyn blobs::BlobStore> = Arc::new(
             blobs::LocalBlobStore::open(&dir.join("blobs"))
                 .map_err(io_error("opening the blob store"))?,
@@ -206,6 +229,13 @@ impl RunningServer {
             .flush()
             .await
             .map_err(store_error("flushing metadata"))?;
+        // Connection tasks end just after the listener does and hold the state until then.
+        // Waiting for them means the metadata store (and its file lock) is released when this
+        // returns, so a restart on the same directory can open it at once.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&self.state) > 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         Ok(())
     }
 

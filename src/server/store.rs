@@ -95,7 +95,7 @@ impl Writes {
 }
 
 impl Store {
-    pub fn open(dir: &Path) -> ApiResult<Store> {
+    pub fn open(dir: &Path) -> Result<Store, sled::Error> {
         let db = sled::Config::new()
             .path(dir)
             // Acknowledged writes are flushed explicitly; the periodic flush only bounds what an
