@@ -6,8 +6,12 @@
 pub mod cache;
 pub mod cli;
 pub mod crypto;
+pub mod fs;
 pub mod mega;
+pub mod remote;
 pub mod retry;
 pub mod server;
 pub mod tree;
 pub mod util;
+pub mod vfs;
+pub mod writeback;

@@ -1,5 +1,6 @@
 //! The subcommands behind `veilfs`, one file each. `main.rs` only parses and dispatches.
 
+pub mod mount;
 pub mod serve;
 pub mod signup;
 
@@ -11,5 +12,6 @@ pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }

@@ -26,6 +26,9 @@ pub struct MegaClient {
     session: Session,
     keys: RwLock<KeyRing>,
     options: TransferOptions,
+    /// Our client instance id (`i`, mega-reference §3.3): the server copies it into the action
+    /// packets our own commands cause, so the poller can tell them from other clients' changes.
+    instance: String,
 }
 
 impl MegaClient {
@@ -55,6 +58,7 @@ impl MegaClient {
             session,
             keys: RwLock::new(keys),
             options,
+            instance: mc::b64_encode(&crate::crypto::random_array::<8>())[..10].to_string(),
         })
     }
 
@@ -64,6 +68,19 @@ impl MegaClient {
 
     pub fn session(&self) -> &Session {
         &self.session
+    }
+
+    /// The instance id this client puts in its state-changing commands.
+    pub fn instance_id(&self) -> &str {
+        &self.instance
+    }
+
+    /// A state-changing command, tagged with our instance id.
+    fn tagged(&self, mut command: Value) -> Value {
+        if let Some(map) = command.as_object_mut() {
+            map.insert("i".into(), json!(self.instance));
+        }
+        command
     }
 
     /// Fetches and decrypts the whole tree (`f`). Returns the nodes and the sequence number to
@@ -110,9 +127,33 @@ impl MegaClient {
         replaces: Option<&str>,
         progress: impl Fn(u64) + Send + Sync + 'static,
     ) -> Result<DecryptedNode> {
+        let (key, uploaded) = self.upload_data(path, progress).await?;
+        self.commit_upload(parent, key, &uploaded, attributes, replaces)
+            .await
+    }
+
+    /// The first half of [`MegaClient::upload`]: encrypts and sends the content. Nothing is
+    /// visible in the tree until [`MegaClient::commit_upload`].
+    pub async fn upload_data(
+        &self,
+        path: &Path,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<(FileKey, transfer::UploadedData)> {
         let file_key = FileKey::generate();
         let uploaded =
             transfer::upload_file(&self.api, path, &file_key, self.options, progress).await?;
+        Ok((file_key, uploaded))
+    }
+
+    /// The second half of [`MegaClient::upload`]: creates the node (and removes `replaces`).
+    pub async fn commit_upload(
+        &self,
+        parent: &str,
+        file_key: FileKey,
+        uploaded: &transfer::UploadedData,
+        attributes: &Map<String, Value>,
+        replaces: Option<&str>,
+    ) -> Result<DecryptedNode> {
         let key = NodeKey::File {
             key: file_key,
             meta_mac: uploaded.meta_mac,
@@ -144,10 +185,12 @@ impl MegaClient {
                 keys.wrap_key(key),
             )
         };
-        let answer = self
-            .api
-            .call(json!({"a": "p", "t": parent, "n": [{"h": h, "t": t, "a": a, "k": k}]}))
-            .await?;
+        let answer =
+            self.api
+                .call(self.tagged(
+                    json!({"a": "p", "t": parent, "n": [{"h": h, "t": t, "a": a, "k": k}]}),
+                ))
+                .await?;
         let node = answer
             .get("f")
             .and_then(|f| f.get(0))
@@ -167,7 +210,7 @@ impl MegaClient {
     ) -> Result<()> {
         let at = mc::encrypt_attributes(key.attribute_key(), attributes);
         self.api
-            .call(json!({"a": "a", "n": handle, "at": at}))
+            .call(self.tagged(json!({"a": "a", "n": handle, "at": at})))
             .await
             .map(drop)
     }
@@ -175,7 +218,7 @@ impl MegaClient {
     /// Moves a node under another folder.
     pub async fn move_node(&self, handle: &str, new_parent: &str) -> Result<()> {
         self.api
-            .call(json!({"a": "m", "n": handle, "t": new_parent}))
+            .call(self.tagged(json!({"a": "m", "n": handle, "t": new_parent})))
             .await
             .map(drop)
     }
@@ -183,7 +226,7 @@ impl MegaClient {
     /// Deletes a node and everything under it, permanently.
     pub async fn delete(&self, handle: &str) -> Result<()> {
         self.api
-            .call(json!({"a": "d", "n": handle}))
+            .call(self.tagged(json!({"a": "d", "n": handle})))
             .await
             .map(drop)
     }

@@ -3,8 +3,10 @@
 pub mod api;
 pub mod client;
 pub mod error;
+pub mod fingerprint;
 pub mod hashcash;
 pub mod nodes;
+pub mod remote;
 pub mod session;
 pub mod signup;
 pub mod transfer;

@@ -34,7 +34,7 @@ impl NodeKey {
         }
     }
 
-    fn from_bytes(t: i64, raw: &[u8]) -> Result<Self, CryptoError> {
+    pub fn from_bytes(t: i64, raw: &[u8]) -> Result<Self, CryptoError> {
         match (t, raw.len()) {
             (wire::NODE_FILE, 32) => {
                 let (key, meta_mac) = FileKey::unpack(raw)?;

@@ -203,6 +203,9 @@ pub enum Change {
     Move { handle: Handle, parent: Handle },
     /// A node and everything under it is gone.
     Delete(Handle),
+    /// A file was re-uploaded: node `node` took the place of handle `old`. The inode stays, so
+    /// the kernel's references (open files among them) follow the new content.
+    Replace { old: Handle, node: Node },
 }
 
 /// Something the kernel may have cached that is no longer true.
@@ -509,6 +512,7 @@ impl Tree {
                 Change::Upsert(node) => self.upsert(node, &mut b),
                 Change::Move { handle, parent } => self.move_node(handle, parent, &mut b),
                 Change::Delete(handle) => self.delete(handle, &mut b),
+                Change::Replace { old, node } => self.replace(old, node, &mut b),
             }
         }
         self.finish(b, seq)
@@ -627,6 +631,30 @@ impl Tree {
         e.created = node.created;
         e.parent = node.parent;
         self.attach(ino, b);
+    }
+
+    fn replace(&mut self, old: Handle, node: Node, b: &mut Batch) {
+        let Some(&ino) = self.by_handle.get(&old) else {
+            return self.upsert(node, b);
+        };
+        if node.handle != old && self.by_handle.contains_key(&node.handle)
+            || self.entries[&ino].kind.is_dir() != node.kind.is_dir()
+        {
+            // The new node is known already (its own change arrived first): keep that one.
+            self.delete(old, b);
+            return self.upsert(node, b);
+        }
+        self.by_handle.remove(&old);
+        self.by_handle.insert(node.handle, ino);
+        self.entries
+            .get_mut(&ino)
+            .expect("indexed entry exists")
+            .handle = node.handle;
+        if node.handle != old {
+            b.removed.push(old);
+        }
+        b.inval(Invalidation::Inode(ino));
+        self.update(ino, node, b);
     }
 
     fn move_node(&mut self, handle: Handle, parent: Handle, b: &mut Batch) {

@@ -1,0 +1,578 @@
+//! The FUSE adapter: each kernel request becomes one call into [`Vfs`] on the tokio runtime, and
+//! its result one reply. No filesystem logic lives here; errors become errnos in [`errno`].
+//!
+//! Every request runs as its own task, so a slow download never holds up `ls`, and fuser's
+//! threads only decode and dispatch. Operations we do not offer are listed at the end with the
+//! errno userspace expects for them.
+
+mod errno;
+
+use std::ffi::OsStr;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use tracing::Instrument;
+
+pub use errno::errno_of;
+
+use crate::remote::Remote;
+use crate::vfs::{Kind, SetAttr, Stat, Vfs, VfsError};
+
+/// How long the kernel may trust attributes and names. Remote changes are pushed to the kernel
+/// as invalidations, so this only bounds staleness if a notification is lost.
+const TTL: Duration = Duration::from_secs(1);
+const BLOCK: u32 = 4096;
+
+pub struct FuseFs<R: Remote> {
+    vfs: Arc<Vfs<R>>,
+    rt: tokio::runtime::Handle,
+}
+
+impl<R: Remote> FuseFs<R> {
+    pub fn new(vfs: Arc<Vfs<R>>, rt: tokio::runtime::Handle) -> Self {
+        FuseFs { vfs, rt }
+    }
+
+    /// Runs one request as a task with its own span; `f` gets the filesystem core.
+    fn run<F, Fut>(&self, op: &'static str, f: F)
+    where
+        F: FnOnce(Arc<Vfs<R>>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let span = tracing::debug_span!("fuse", op);
+        self.rt.spawn(f(self.vfs.clone()).instrument(span));
+    }
+}
+
+/// Logs a failed request and answers its errno.
+fn fail(op: &str, e: &VfsError) -> Errno {
+    let errno = errno_of(e);
+    match e {
+        VfsError::NotFound | VfsError::Exists | VfsError::NotEmpty => {
+            tracing::trace!(op, error = %e)
+        }
+        VfsError::Integrity | VfsError::Remote(_) | VfsError::Io(_) | VfsError::Writeback(_) => {
+            tracing::warn!(op, error = %e, "request failed")
+        }
+        _ => tracing::debug!(op, error = %e, "request refused"),
+    }
+    errno
+}
+
+fn system_time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+fn time_ns(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i64,
+        Err(e) => -(e.duration().as_nanos() as i64),
+    }
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::Directory => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+        Kind::Symlink => FileType::Symlink,
+    }
+}
+
+fn attr(st: &Stat) -> FileAttr {
+    let mtime = system_time(st.mtime_ns);
+    FileAttr {
+        ino: INodeNo(st.ino),
+        size: st.size,
+        blocks: st.size.div_ceil(512),
+        atime: mtime,
+        mtime,
+        ctime: mtime,
+        crtime: system_time(st.crtime.saturating_mul(1_000_000_000)),
+        kind: file_type(st.kind),
+        perm: st.perm,
+        nlink: if st.kind == Kind::Directory { 2 } else { 1 },
+        uid: st.uid,
+        gid: st.gid,
+        rdev: 0,
+        flags: 0,
+        blksize: BLOCK,
+    }
+}
+
+/// A name from the kernel; names that are not UTF-8 cannot be stored remotely.
+fn name_of(name: &OsStr) -> Result<String, VfsError> {
+    name.to_str()
+        .map(str::to_owned)
+        .ok_or(VfsError::Invalid("names must be UTF-8"))
+}
+
+impl<R: Remote> Filesystem for FuseFs<R> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Large requests: fewer round trips through the kernel for big sequential I/O.
+        let _ = config.set_max_write(1024 * 1024);
+        let _ = config.set_max_readahead(1024 * 1024);
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name_of(name);
+        let result = name.and_then(|n| self.vfs.lookup(parent.0, &n));
+        match result {
+            Ok(st) => reply.entry(&TTL, &attr(&st), Generation(0)),
+            Err(e) => reply.error(fail("lookup", &e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.vfs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.vfs.getattr(ino.0) {
+            Ok(st) => reply.attr(&TTL, &attr(&st)),
+            Err(e) => reply.error(fail("getattr", &e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            mtime: mtime.map(|t| match t {
+                TimeOrNow::SpecificTime(t) => Some(time_ns(t)),
+                TimeOrNow::Now => None,
+            }),
+        };
+        self.run("setattr", move |vfs| async move {
+            match vfs.setattr(ino.0, set).await {
+                Ok(st) => reply.attr(&TTL, &attr(&st)),
+                Err(e) => reply.error(fail("setattr", &e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.vfs.readlink(ino.0) {
+            Ok(target) => reply.data(target.as_bytes()),
+            Err(e) => reply.error(fail("readlink", &e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        // Regular files come through `create`; device files, fifos and sockets cannot be
+        // stored in a cloud drive.
+        let _ = mode;
+        reply.error(Errno::EPERM);
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = name_of(name);
+        self.run("mkdir", move |vfs| async move {
+            let result = match name {
+                Ok(n) => vfs.mkdir(parent.0, &n, mode & !umask).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(st) => reply.entry(&TTL, &attr(&st), Generation(0)),
+                Err(e) => reply.error(fail("mkdir", &e)),
+            }
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_of(name);
+        self.run("unlink", move |vfs| async move {
+            let result = match name {
+                Ok(n) => vfs.unlink(parent.0, &n).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fail("unlink", &e)),
+            }
+        });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_of(name);
+        self.run("rmdir", move |vfs| async move {
+            let result = match name {
+                Ok(n) => vfs.rmdir(parent.0, &n).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fail("rmdir", &e)),
+            }
+        });
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let name = name_of(link_name);
+        let target = name_of(target.as_os_str());
+        self.run("symlink", move |vfs| async move {
+            let result = match (name, target) {
+                (Ok(n), Ok(t)) => vfs.symlink(parent.0, &n, &t).await,
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            };
+            match result {
+                Ok(st) => reply.entry(&TTL, &attr(&st), Generation(0)),
+                Err(e) => reply.error(fail("symlink", &e)),
+            }
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
+            // MEGA has no atomic exchange; refusing is what userspace handles (mv falls back).
+            reply.error(Errno::EINVAL);
+            return;
+        }
+        let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        let (name, newname) = (name_of(name), name_of(newname));
+        self.run("rename", move |vfs| async move {
+            let result = match (name, newname) {
+                (Ok(a), Ok(b)) => vfs.rename(parent.0, &a, newparent.0, &b, no_replace).await,
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            };
+            match result {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fail("rename", &e)),
+            }
+        });
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        // A node has one parent in MEGA and Filen: hard links cannot be represented.
+        reply.error(Errno::EPERM);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
+        let truncate = flags.0 & libc::O_TRUNC != 0;
+        self.run("open", move |vfs| async move {
+            match vfs.open(ino.0, write, truncate).await {
+                Ok((fh, keep_cache)) => {
+                    let flags = if keep_cache {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(fh), flags)
+                }
+                Err(e) => reply.error(fail("open", &e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.run("read", move |vfs| async move {
+            match vfs.read(fh.0, offset, size).await {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(fail("read", &e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        // Local staging I/O: answered on fuser's thread, no task needed.
+        match self.vfs.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(fail("write", &e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.run("flush", move |vfs| async move {
+            match tokio::task::block_in_place(|| vfs.flush(fh.0)) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fail("flush", &e)),
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.run("release", move |vfs| async move {
+            match tokio::task::block_in_place(|| vfs.release(fh.0)) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fail("release", &e)),
+            }
+        });
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
+        self.run("fsync", move |vfs| async move {
+            match tokio::task::block_in_place(|| vfs.flush(fh.0)) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fail("fsync", &e)),
+            }
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        match self.vfs.readdir(ino.0, offset) {
+            Ok(entries) => {
+                for e in entries {
+                    if reply.add(INodeNo(e.ino), e.offset, file_type(e.kind), &e.name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(fail("readdir", &e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        match self.vfs.readdir(ino.0, offset) {
+            Ok(entries) => {
+                for e in entries {
+                    let Ok(st) = self.vfs.getattr(e.ino) else {
+                        continue;
+                    };
+                    if reply.add(
+                        INodeNo(e.ino),
+                        e.offset,
+                        &e.name,
+                        &TTL,
+                        &attr(&st),
+                        Generation(0),
+                    ) {
+                        break;
+                    }
+                    // Entries other than `.` and `..` count as a lookup for the kernel.
+                    if e.name != "." && e.name != ".." {
+                        self.vfs.remember(e.ino);
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(fail("readdirplus", &e)),
+        }
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ds: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Namespace changes are on the server before their request is answered.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.run("statfs", move |vfs| async move {
+            match vfs.statfs().await {
+                Ok(q) => {
+                    let blocks = q.total.div_ceil(u64::from(BLOCK));
+                    let free = q.total.saturating_sub(q.used) / u64::from(BLOCK);
+                    reply.statfs(blocks, free, free, 0, 0, BLOCK, 255, BLOCK);
+                }
+                Err(e) => reply.error(fail("statfs", &e)),
+            }
+        });
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        match self.vfs.getattr(ino.0) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(fail("access", &e)),
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = name_of(name);
+        self.run("create", move |vfs| async move {
+            let result = match name {
+                Ok(n) => vfs.create(parent.0, &n, mode & !umask).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok((st, fh)) => reply.created(
+                    &TTL,
+                    &attr(&st),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(fail("create", &e)),
+            }
+        });
+    }
+
+    // ----- not offered -----
+    // Extended attributes: not stored (yet), so refuse rather than silently drop them.
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOTSUP);
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(Errno::ENODATA);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::ENODATA);
+    }
+}

@@ -1,0 +1,573 @@
+//! File content: opening, reading through the block cache with read-ahead and the whole-file
+//! integrity check, and writing into staging files that write-back uploads.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use parking_lot::Mutex;
+
+use super::{LocalFile, OpenHandle, Result, Vfs, VfsError, now_ns};
+use crate::cache::{ChunkId, ContentId};
+use crate::remote::{Fetched, Remote, RemoteError};
+use crate::tree::Node;
+use crate::writeback::Entry;
+
+/// The most one fetch asks the server for at once.
+const MAX_FETCH: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub(super) enum FetchFailure {
+    Integrity,
+    Access,
+    Failed(Arc<str>),
+}
+
+impl From<FetchFailure> for VfsError {
+    fn from(f: FetchFailure) -> Self {
+        match f {
+            FetchFailure::Integrity => VfsError::Integrity,
+            FetchFailure::Access => VfsError::Access,
+            FetchFailure::Failed(msg) => {
+                VfsError::Remote(RemoteError::Unavailable(msg.to_string()))
+            }
+        }
+    }
+}
+
+type SharedFetch = Shared<BoxFuture<'static, Result<(), FetchFailure>>>;
+
+enum Tags {
+    /// Tags of the chunks fetched so far, by offset.
+    Collecting(BTreeMap<u64, [u8; 16]>),
+    Verified,
+}
+
+/// Reads in flight and what the integrity check has learnt.
+#[derive(Default)]
+pub(super) struct ReadState {
+    inflight: Mutex<HashMap<ChunkId, SharedFetch>>,
+    tags: Mutex<HashMap<ContentId, Tags>>,
+    /// Contents whose check failed: every read answers EIO.
+    bad: Mutex<HashSet<ContentId>>,
+}
+
+impl<R: Remote> Vfs<R> {
+    pub(super) fn add_handle(&self, ino: u64, writable: bool) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(
+            fh,
+            Arc::new(OpenHandle {
+                ino,
+                writable,
+                last_end: Default::default(),
+            }),
+        );
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> Result<Arc<OpenHandle>> {
+        self.handles
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or(VfsError::BadHandle)
+    }
+
+    /// Opens a file. Returns the handle and whether the kernel may keep cached pages (the
+    /// content is unchanged since it last read it).
+    pub async fn open(
+        self: &Arc<Self>,
+        ino: u64,
+        write: bool,
+        truncate: bool,
+    ) -> Result<(u64, bool)> {
+        let node = self.node(ino)?;
+        if node.kind.is_dir() {
+            return Err(VfsError::IsDir);
+        }
+        if write {
+            self.writable()?;
+            self.ensure_local(ino, truncate).await?;
+            if let Some(local) = self.files.lock().get_mut(&ino) {
+                local.writers += 1;
+            }
+            return Ok((self.add_handle(ino, true), false));
+        }
+        if node.key.is_empty() && !self.files.lock().contains_key(&ino) {
+            return Err(VfsError::Access);
+        }
+        let keep = !self.files.lock().contains_key(&ino);
+        Ok((self.add_handle(ino, false), keep))
+    }
+
+    /// Gives `ino` local content (a staging file), downloading the current content unless it
+    /// is about to be truncated.
+    async fn ensure_local(self: &Arc<Self>, ino: u64, truncate: bool) -> Result<()> {
+        if self.truncate_local(ino, truncate)? {
+            return Ok(());
+        }
+        let node = self.node(ino)?;
+        let (id, file) = self.wb.create()?;
+        let size = if truncate { 0 } else { node.size };
+        let mut at = 0;
+        while at < size {
+            let piece = match self.read_remote(&node, at, MAX_FETCH, false).await {
+                Ok(piece) => piece,
+                Err(e) => {
+                    self.wb.discard(id);
+                    return Err(e);
+                }
+            };
+            if piece.is_empty() {
+                break;
+            }
+            file.write_all_at(&piece, at)?;
+            at += piece.len() as u64;
+        }
+        let mut files = self.files.lock();
+        if files.contains_key(&ino) {
+            // Another open won the race; use its content.
+            drop(files);
+            self.wb.discard(id);
+            self.truncate_local(ino, truncate)?;
+            return Ok(());
+        }
+        files.insert(
+            ino,
+            LocalFile {
+                id,
+                file: Arc::new(file),
+                size,
+                mtime_ns: if truncate { now_ns() } else { node.mtime_ns },
+                writers: 0,
+                dirty: truncate && node.size > 0,
+                sealed: false,
+                queued: Vec::new(),
+                committed: 0,
+                unlinked: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// With local content present: truncates it when asked and answers true.
+    fn truncate_local(&self, ino: u64, truncate: bool) -> Result<bool> {
+        let mut files = self.files.lock();
+        let Some(local) = files.get_mut(&ino) else {
+            return Ok(false);
+        };
+        if truncate && local.size > 0 {
+            self.writable_copy(local, false)?;
+            local.file.set_len(0)?;
+            local.size = 0;
+            local.dirty = true;
+            local.mtime_ns = now_ns();
+        }
+        Ok(true)
+    }
+
+    /// Before changing local content: a sealed staging file belongs to its queued upload, so
+    /// writes continue on a copy (or on a new empty file when `empty`).
+    fn writable_copy(&self, local: &mut LocalFile, empty: bool) -> Result<()> {
+        if !local.sealed || local.unlinked {
+            return Ok(());
+        }
+        let (id, file) = if empty {
+            self.wb.create()?
+        } else {
+            self.wb.copy(local.id)?
+        };
+        local.id = id;
+        local.file = Arc::new(file);
+        local.sealed = false;
+        Ok(())
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let h = self.handle(fh)?;
+        if !h.writable {
+            return Err(VfsError::BadHandle);
+        }
+        let mut files = self.files.lock();
+        let local = files.get_mut(&h.ino).ok_or(VfsError::BadHandle)?;
+        self.writable_copy(local, false)?;
+        local.file.write_all_at(data, offset)?;
+        local.size = local.size.max(offset + data.len() as u64);
+        local.mtime_ns = now_ns();
+        local.dirty = true;
+        Ok(data.len() as u32)
+    }
+
+    pub(super) async fn truncate(self: &Arc<Self>, ino: u64, size: u64) -> Result<()> {
+        let node = self.node(ino)?;
+        if node.kind.is_dir() {
+            return Err(VfsError::IsDir);
+        }
+        self.ensure_local(ino, size == 0).await?;
+        let queue_now = {
+            let mut files = self.files.lock();
+            let local = files.get_mut(&ino).ok_or(VfsError::NotFound)?;
+            if local.size != size {
+                self.writable_copy(local, false)?;
+                local.file.set_len(size)?;
+                local.size = size;
+                local.dirty = true;
+                local.mtime_ns = now_ns();
+            }
+            local.writers == 0
+        };
+        if queue_now {
+            self.queue(ino)?;
+            self.drop_idle(ino);
+        }
+        Ok(())
+    }
+
+    /// `flush` (each `close()`) and `fsync`: queue what was written, durably.
+    pub fn flush(&self, fh: u64) -> Result<()> {
+        let h = self.handle(fh)?;
+        if h.writable {
+            self.queue(h.ino)?;
+        }
+        Ok(())
+    }
+
+    pub fn release(&self, fh: u64) -> Result<()> {
+        let Some(h) = self.handles.lock().remove(&fh) else {
+            return Err(VfsError::BadHandle);
+        };
+        if !h.writable {
+            return Ok(());
+        }
+        let last = {
+            let mut files = self.files.lock();
+            match files.get_mut(&h.ino) {
+                Some(local) => {
+                    local.writers = local.writers.saturating_sub(1);
+                    local.writers == 0
+                }
+                None => false,
+            }
+        };
+        if last {
+            let queued = self.queue(h.ino);
+            self.drop_idle(h.ino);
+            queued?;
+        }
+        Ok(())
+    }
+
+    /// Seals the staging file of `ino` into the journal when it holds unqueued changes, and
+    /// hands it to the upload workers.
+    pub(super) fn queue(&self, ino: u64) -> Result<()> {
+        let node = self.node(ino).ok();
+        let mut files = self.files.lock();
+        let Some(local) = files.get_mut(&ino) else {
+            return Ok(());
+        };
+        if !local.dirty || local.unlinked {
+            return Ok(());
+        }
+        let Some(node) = node else {
+            return Ok(());
+        };
+        let entry = Entry {
+            id: local.id,
+            target: node.handle.as_u64(),
+            parent: node.parent.map_or(0, |p| p.as_u64()),
+            name: node.name.clone(),
+            mode: node.mode,
+            mtime_ns: local.mtime_ns,
+            size: local.size,
+        };
+        self.wb.enqueue(&local.file, &entry)?;
+        local.sealed = true;
+        local.dirty = false;
+        local.queued.push(entry.id);
+        drop(files);
+        self.uploads.submit(entry.id);
+        Ok(())
+    }
+
+    /// Drops the local state of a file nobody writes and nothing is queued for.
+    pub(super) fn drop_idle(&self, ino: u64) {
+        let mut files = self.files.lock();
+        if let Some(local) = files.get(&ino)
+            && local.writers == 0
+            && local.queued.is_empty()
+            && !local.dirty
+        {
+            let id = local.id;
+            files.remove(&ino);
+            self.wb.discard(id);
+        }
+    }
+
+    pub(super) fn set_local_mtime(&self, ino: u64, mtime_ns: i64) -> Result<()> {
+        let mut files = self.files.lock();
+        if let Some(local) = files.get_mut(&ino) {
+            local.mtime_ns = mtime_ns;
+            for &id in &local.queued {
+                if let Some(mut e) = self.wb.get(id)? {
+                    e.mtime_ns = mtime_ns;
+                    self.wb.update(&e)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The file is gone: its queued uploads are dropped from the journal.
+    pub(super) fn cancel_uploads(&self, ino: u64) -> Result<()> {
+        let mut files = self.files.lock();
+        let Some(local) = files.get_mut(&ino) else {
+            return Ok(());
+        };
+        local.unlinked = true;
+        local.dirty = false;
+        for id in std::mem::take(&mut local.queued) {
+            self.wb.finish(id)?;
+        }
+        if local.writers == 0 {
+            let id = local.id;
+            files.remove(&ino);
+            self.wb.discard(id);
+        }
+        Ok(())
+    }
+
+    pub async fn read(self: &Arc<Self>, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let h = self.handle(fh)?;
+        let local = self
+            .files
+            .lock()
+            .get(&h.ino)
+            .map(|l| (l.file.clone(), l.size));
+        if let Some((file, len)) = local {
+            if offset >= len {
+                return Ok(Vec::new());
+            }
+            let mut buf = vec![0u8; (len - offset).min(size as u64) as usize];
+            file.read_exact_at(&mut buf, offset)?;
+            return Ok(buf);
+        }
+        let node = self.node(h.ino)?;
+        if node.key.is_empty() {
+            return Err(VfsError::Access);
+        }
+        let sequential = h.last_end.load(Ordering::Relaxed) == offset;
+        let data = self
+            .read_remote(&node, offset, size as u64, sequential)
+            .await?;
+        h.last_end
+            .store(offset + data.len() as u64, Ordering::Relaxed);
+        Ok(data)
+    }
+
+    /// Bytes `offset..offset+len` of a file's remote content, through the block cache.
+    async fn read_remote(
+        self: &Arc<Self>,
+        node: &Node,
+        offset: u64,
+        len: u64,
+        read_ahead: bool,
+    ) -> Result<Vec<u8>> {
+        if offset >= node.size {
+            return Ok(Vec::new());
+        }
+        let end = (offset + len).min(node.size);
+        let cid = self.remote.content_id(node);
+        if self.reads.bad.lock().contains(&cid) {
+            return Err(VfsError::Integrity);
+        }
+        let spans = self.spans(node.size, offset..end);
+        if read_ahead {
+            let ahead_end = (end + self.config.read_ahead).min(node.size);
+            let ahead = self.spans(node.size, end..ahead_end);
+            if !ahead.is_empty() {
+                // Not awaited: the fetches run while the reader consumes what it has.
+                drop(self.start_missing(node, cid, &ahead));
+            }
+        }
+        // A chunk can leave the cache between its fetch and our copy (a tiny cache under
+        // pressure): fetch again, a bounded number of times.
+        for _ in 0..4 {
+            let waits = self.start_missing(node, cid, &spans);
+            for r in futures_util::future::join_all(waits).await {
+                r?;
+            }
+            let mut out = Vec::with_capacity((end - offset) as usize);
+            let mut complete = true;
+            for span in &spans {
+                let Some(chunk) = self.cache.get(&ChunkId {
+                    content: cid,
+                    offset: span.start,
+                }) else {
+                    complete = false;
+                    break;
+                };
+                let from = offset.max(span.start) - span.start;
+                let to = end.min(span.end) - span.start;
+                out.extend_from_slice(&chunk[from as usize..to as usize]);
+            }
+            if complete {
+                return Ok(out);
+            }
+        }
+        Err(VfsError::Remote(RemoteError::Unavailable(
+            "the block cache is too small to hold one read".into(),
+        )))
+    }
+
+    /// The chunks covering `range`.
+    fn spans(&self, size: u64, range: Range<u64>) -> Vec<Range<u64>> {
+        let mut out = Vec::new();
+        let mut at = range.start;
+        while at < range.end {
+            let span = self.remote.chunk_at(size, at);
+            at = span.end.max(at + 1);
+            out.push(span);
+        }
+        out
+    }
+
+    /// Starts fetches for the chunks of `spans` that are neither cached nor on their way, and
+    /// returns what to wait for.
+    fn start_missing(
+        self: &Arc<Self>,
+        node: &Node,
+        cid: ContentId,
+        spans: &[Range<u64>],
+    ) -> Vec<SharedFetch> {
+        let mut waits = Vec::new();
+        let mut run: Vec<Range<u64>> = Vec::new();
+        let mut inflight = self.reads.inflight.lock();
+        for span in spans {
+            let id = ChunkId {
+                content: cid,
+                offset: span.start,
+            };
+            if self.cache.contains(&id) {
+                self.flush_run(node, cid, &mut run, &mut inflight, &mut waits);
+                continue;
+            }
+            if let Some(f) = inflight.get(&id).cloned() {
+                self.flush_run(node, cid, &mut run, &mut inflight, &mut waits);
+                waits.push(f);
+                continue;
+            }
+            let run_len = run.last().map_or(0, |l| l.end) - run.first().map_or(0, |f| f.start);
+            if run_len + (span.end - span.start) > MAX_FETCH {
+                self.flush_run(node, cid, &mut run, &mut inflight, &mut waits);
+            }
+            run.push(span.clone());
+        }
+        self.flush_run(node, cid, &mut run, &mut inflight, &mut waits);
+        waits
+    }
+
+    fn flush_run(
+        self: &Arc<Self>,
+        node: &Node,
+        cid: ContentId,
+        run: &mut Vec<Range<u64>>,
+        inflight: &mut HashMap<ChunkId, SharedFetch>,
+        waits: &mut Vec<SharedFetch>,
+    ) {
+        let (Some(first), Some(last)) = (run.first(), run.last()) else {
+            return;
+        };
+        let range = first.start..last.end;
+        let starts: Vec<u64> = run.drain(..).map(|r| r.start).collect();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let shared = rx
+            .map(|r| r.unwrap_or_else(|_| Err(FetchFailure::Failed("fetch task ended".into()))))
+            .boxed()
+            .shared();
+        for &s in &starts {
+            inflight.insert(
+                ChunkId {
+                    content: cid,
+                    offset: s,
+                },
+                shared.clone(),
+            );
+        }
+        let this = self.clone();
+        let node = node.clone();
+        tokio::spawn(async move {
+            let result = match this.remote.fetch(&node, range).await {
+                Ok(chunks) => this.accept(&node, cid, chunks),
+                Err(RemoteError::NoKey | RemoteError::Access) => Err(FetchFailure::Access),
+                Err(RemoteError::Integrity(msg)) => {
+                    tracing::error!(%msg, "chunk failed its check");
+                    this.reads.bad.lock().insert(cid);
+                    Err(FetchFailure::Integrity)
+                }
+                Err(e) => Err(FetchFailure::Failed(e.to_string().into())),
+            };
+            let mut inflight = this.reads.inflight.lock();
+            for s in starts {
+                inflight.remove(&ChunkId {
+                    content: cid,
+                    offset: s,
+                });
+            }
+            drop(inflight);
+            let _ = tx.send(result);
+        });
+        waits.push(shared);
+    }
+
+    /// Caches fetched chunks and, once every chunk of the file has been seen, checks the
+    /// whole file. A failed check drops the file's cache and makes every read answer EIO.
+    fn accept(
+        &self,
+        node: &Node,
+        cid: ContentId,
+        chunks: Vec<Fetched>,
+    ) -> Result<(), FetchFailure> {
+        let mut tags = self.reads.tags.lock();
+        let state = tags
+            .entry(cid)
+            .or_insert_with(|| Tags::Collecting(BTreeMap::new()));
+        for c in &chunks {
+            if let (Tags::Collecting(map), Some(tag)) = (&mut *state, c.tag) {
+                map.insert(c.offset, tag);
+            }
+        }
+        let complete = match state {
+            Tags::Collecting(map) => map.len() == self.spans(node.size, 0..node.size).len(),
+            Tags::Verified => false,
+        };
+        if complete {
+            let Tags::Collecting(map) = std::mem::replace(state, Tags::Verified) else {
+                unreachable!("checked above")
+            };
+            if let Err(error) = self.remote.verify(node, &map) {
+                drop(tags);
+                tracing::error!(%error, name = %node.name, "file failed its integrity check");
+                self.reads.bad.lock().insert(cid);
+                self.cache.invalidate(&cid);
+                self.status.lock().last_error = Some(format!("{}: {error}", node.name));
+                return Err(FetchFailure::Integrity);
+            }
+        }
+        drop(tags);
+        for c in chunks {
+            let id = ChunkId {
+                content: cid,
+                offset: c.offset,
+            };
+            if let Err(error) = self.cache.insert(id, Arc::from(&c.data[..])) {
+                tracing::warn!(%error, "could not cache a chunk");
+            }
+        }
+        Ok(())
+    }
+}

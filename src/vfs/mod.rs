@@ -1,0 +1,650 @@
+//! The filesystem core: every operation the mount offers, over the node tree, the block cache,
+//! write-back and a [`Remote`]. It knows nothing of FUSE (`fs/` translates), so it can be driven
+//! and tested directly.
+//!
+//! Locking, in the order they may nest:
+//! 1. `ns`, an async mutex serializing every change to the namespace on the server (create,
+//!    mkdir, rename, unlink, metadata, and the commit step of uploads), so that the server's
+//!    state and the local tree change in the same order and an upload never commits a stale
+//!    name;
+//! 2. the tree's `RwLock` and the `files` / `handles` mutexes, held briefly and never across an
+//!    `await`.
+//!
+//! Changes we make are applied to the tree as soon as the server accepts them; the poller skips
+//! their echoes (the remote filters packets carrying our instance id).
+
+mod error;
+mod io;
+mod sync;
+mod upload;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Mutex, RwLock};
+
+pub use error::{Result, VfsError};
+
+use crate::cache::BlockCache;
+use crate::remote::{Meta, Quota, Remote};
+use crate::tree::{self, Attr, Change, Handle, Invalidation, Node, ROOT_INO, Tree};
+use crate::writeback::Writeback;
+
+/// How a node is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Directory,
+    File,
+    Symlink,
+}
+
+/// `getattr`'s answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    /// Permission bits only.
+    pub perm: u16,
+    pub mtime_ns: i64,
+    /// Creation time, seconds.
+    pub crtime: i64,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// One directory entry with its attributes.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub offset: u64,
+    pub kind: Kind,
+    pub name: String,
+}
+
+/// A `setattr` request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    /// `Some(None)` means "now".
+    pub mtime: Option<Option<i64>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct VfsConfig {
+    pub uid: u32,
+    pub gid: u32,
+    pub read_only: bool,
+    /// Chunks fetched ahead of a sequential reader.
+    pub read_ahead: u64,
+    /// Uploads running at once.
+    pub upload_workers: usize,
+}
+
+impl Default for VfsConfig {
+    fn default() -> Self {
+        VfsConfig {
+            uid: 0,
+            gid: 0,
+            read_only: false,
+            read_ahead: 8 * 1024 * 1024,
+            upload_workers: 4,
+        }
+    }
+}
+
+/// What `veilfs status` and `unmount` show.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Status {
+    pub pending_uploads: usize,
+    pub pending_bytes: u64,
+    pub uploaded: u64,
+    pub last_sync: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+/// Local content of a file being written or waiting for upload.
+struct LocalFile {
+    /// The staging file writes go to.
+    id: u64,
+    file: Arc<File>,
+    size: u64,
+    mtime_ns: i64,
+    /// Open handles that may write.
+    writers: u32,
+    /// Changed since last queued.
+    dirty: bool,
+    /// The current staging file is in the journal: the next write goes to a copy.
+    sealed: bool,
+    /// Journal ids queued for this inode and not yet committed.
+    queued: Vec<u64>,
+    /// The newest journal id committed: an older upload finishing later must not win.
+    committed: u64,
+    /// The file was unlinked: nothing more is queued.
+    unlinked: bool,
+}
+
+struct OpenHandle {
+    ino: u64,
+    writable: bool,
+    /// Where the last read ended, to detect sequential reading.
+    last_end: AtomicU64,
+}
+
+type Notifier = Box<dyn Fn(&Invalidation) + Send + Sync>;
+
+pub struct Vfs<R: Remote> {
+    remote: Arc<R>,
+    tree: RwLock<Tree>,
+    cache: BlockCache,
+    wb: Writeback,
+    config: VfsConfig,
+    ns: tokio::sync::Mutex<()>,
+    files: Mutex<HashMap<u64, LocalFile>>,
+    handles: Mutex<HashMap<u64, Arc<OpenHandle>>>,
+    next_fh: AtomicU64,
+    reads: io::ReadState,
+    uploads: upload::Queue,
+    notifier: OnceLock<Notifier>,
+    status: Mutex<Status>,
+    quota: Mutex<Option<(Quota, Instant)>>,
+}
+
+impl<R: Remote> Vfs<R> {
+    /// A filesystem over `tree` (loaded from its store, possibly empty). Call [`Vfs::start`]
+    /// inside a tokio runtime before serving requests.
+    pub fn new(
+        remote: Arc<R>,
+        tree: Tree,
+        cache: BlockCache,
+        wb: Writeback,
+        config: VfsConfig,
+    ) -> Arc<Self> {
+        let uploads = upload::Queue::new(config.upload_workers);
+        Arc::new(Vfs {
+            remote,
+            tree: RwLock::new(tree),
+            cache,
+            wb,
+            config,
+            ns: tokio::sync::Mutex::new(()),
+            files: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            reads: io::ReadState::default(),
+            uploads,
+            notifier: OnceLock::new(),
+            status: Mutex::new(Status::default()),
+            quota: Mutex::new(None),
+        })
+    }
+
+    /// Makes the tree current (a full fetch when nothing is stored locally, otherwise in the
+    /// background), resumes queued uploads and starts following remote changes.
+    pub async fn start(self: &Arc<Self>) -> Result<()> {
+        if self.tree.read().seq().is_none() || self.tree.read().getattr(ROOT_INO).is_none() {
+            self.reload().await?;
+        }
+        self.resume_uploads()?;
+        sync::spawn_poller(self.clone());
+        Ok(())
+    }
+
+    /// Where invalidations of the kernel's caches go (set once by the FUSE layer).
+    pub fn set_notifier(&self, f: impl Fn(&Invalidation) + Send + Sync + 'static) {
+        let _ = self.notifier.set(Box::new(f));
+    }
+
+    fn notify(&self, invalidations: &[Invalidation]) {
+        if let Some(n) = self.notifier.get() {
+            for i in invalidations {
+                n(i);
+            }
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let mut s = self.status.lock().clone();
+        let files = self.files.lock();
+        s.pending_uploads = files.values().map(|f| f.queued.len()).sum();
+        s.pending_bytes = files
+            .values()
+            .filter(|f| !f.queued.is_empty())
+            .map(|f| f.size)
+            .sum();
+        s
+    }
+
+    /// Waits until every queued upload is committed, or `timeout` passes. Returns how many are
+    /// still pending (they stay in the journal for the next mount).
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = self.status().pending_uploads;
+            if left == 0 || Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // ----- attributes -----
+
+    fn stat_of(&self, a: &Attr) -> Stat {
+        let kind = match a.file_type {
+            tree::FileType::Directory => Kind::Directory,
+            tree::FileType::RegularFile => Kind::File,
+            tree::FileType::Symlink => Kind::Symlink,
+        };
+        let default_perm = match kind {
+            Kind::Directory => 0o755,
+            Kind::File => 0o644,
+            Kind::Symlink => 0o777,
+        };
+        let mut st = Stat {
+            ino: a.ino,
+            kind,
+            size: a.size,
+            perm: a.mode.map_or(default_perm, |m| (m & 0o7777) as u16),
+            mtime_ns: a.mtime_ns,
+            crtime: a.created,
+            uid: self.config.uid,
+            gid: self.config.gid,
+        };
+        if kind == Kind::File
+            && let Some(local) = self.files.lock().get(&a.ino)
+        {
+            st.size = local.size;
+            st.mtime_ns = local.mtime_ns;
+        }
+        st
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Stat> {
+        let a = self.tree.read().getattr(ino).ok_or(VfsError::NotFound)?;
+        Ok(self.stat_of(&a))
+    }
+
+    pub fn lookup(&self, parent: u64, name: &str) -> Result<Stat> {
+        let tree = self.tree.read();
+        let p = tree.getattr(parent).ok_or(VfsError::NotFound)?;
+        if !p.kind.is_dir() {
+            return Err(VfsError::NotDir);
+        }
+        let a = tree.lookup(parent, name).ok_or(VfsError::NotFound)?;
+        drop(tree);
+        Ok(self.stat_of(&a))
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.tree.write().forget(ino, n);
+    }
+
+    /// Counts a kernel reference handed out by `readdirplus`.
+    pub fn remember(&self, ino: u64) {
+        self.tree.read().remember(ino, 1);
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<String> {
+        let node = self.node(ino)?;
+        node.symlink.ok_or(VfsError::Invalid("not a symbolic link"))
+    }
+
+    pub fn readdir(&self, ino: u64, offset: u64) -> Result<Vec<DirEntry>> {
+        let tree = self.tree.read();
+        let entries = tree.readdir(ino, offset).map_err(|e| match e {
+            tree::TreeError::NotADirectory(_) => VfsError::NotDir,
+            tree::TreeError::NotFound(_) => VfsError::NotFound,
+            other => VfsError::Tree(other),
+        })?;
+        Ok(entries
+            .map(|e| DirEntry {
+                ino: e.ino,
+                offset: e.offset,
+                kind: match e.file_type {
+                    tree::FileType::Directory => Kind::Directory,
+                    tree::FileType::RegularFile => Kind::File,
+                    tree::FileType::Symlink => Kind::Symlink,
+                },
+                name: e.name.to_string(),
+            })
+            .collect())
+    }
+
+    pub async fn statfs(&self) -> Result<Quota> {
+        if let Some((q, at)) = *self.quota.lock()
+            && at.elapsed() < Duration::from_secs(10)
+        {
+            return Ok(q);
+        }
+        let q = self.remote.quota().await?;
+        *self.quota.lock() = Some((q, Instant::now()));
+        Ok(q)
+    }
+
+    // ----- namespace -----
+
+    fn node(&self, ino: u64) -> Result<Node> {
+        self.tree.read().node(ino).ok_or(VfsError::NotFound)
+    }
+
+    fn dir_node(&self, ino: u64) -> Result<Node> {
+        let node = self.node(ino)?;
+        if !node.kind.is_dir() {
+            return Err(VfsError::NotDir);
+        }
+        Ok(node)
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.config.read_only {
+            return Err(VfsError::ReadOnly);
+        }
+        Ok(())
+    }
+
+    /// Applies changes we made to the tree and tells the kernel what it may hold stale.
+    fn apply(&self, changes: Vec<Change>) -> Result<()> {
+        let inval = self.tree.write().apply_changes(changes, None)?;
+        self.notify(&inval);
+        Ok(())
+    }
+
+    fn stat_handle(&self, handle: Handle, count_lookup: bool) -> Result<Stat> {
+        let tree = self.tree.read();
+        let ino = tree.ino_of(handle).ok_or(VfsError::NotFound)?;
+        if count_lookup {
+            tree.remember(ino, 1);
+        }
+        let a = tree.getattr(ino).ok_or(VfsError::NotFound)?;
+        drop(tree);
+        Ok(self.stat_of(&a))
+    }
+
+    fn check_new_name(&self, parent: u64, name: &str) -> Result<String> {
+        if name.len() > 255 {
+            return Err(VfsError::Invalid("name too long"));
+        }
+        let remote = tree::names::unescape(name).map_err(|_| VfsError::Invalid("name"))?;
+        if self.tree.read().peek(parent, name).is_some() {
+            return Err(VfsError::Exists);
+        }
+        Ok(remote.into_owned())
+    }
+
+    pub async fn mkdir(&self, parent: u64, name: &str, mode: u32) -> Result<Stat> {
+        self.writable()?;
+        let _ns = self.ns.lock().await;
+        let remote_name = self.check_new_name(parent, name)?;
+        let p = self.dir_node(parent)?;
+        let meta = Meta {
+            name: remote_name,
+            mode: Some(mode & 0o7777),
+            mtime_ns: now_ns(),
+            symlink: None,
+        };
+        let node = self.remote.mkdir(&p, &meta).await?;
+        let handle = node.handle;
+        self.apply(vec![Change::Upsert(node)])?;
+        self.stat_handle(handle, true)
+    }
+
+    pub async fn symlink(&self, parent: u64, name: &str, target: &str) -> Result<Stat> {
+        self.writable()?;
+        let _ns = self.ns.lock().await;
+        let remote_name = self.check_new_name(parent, name)?;
+        let p = self.dir_node(parent)?;
+        // The link's content is its target, so other MEGA clients see a small file holding it.
+        let (id, file) = self.wb.create()?;
+        let written = std::os::unix::fs::FileExt::write_all_at(&file, target.as_bytes(), 0);
+        let meta = Meta {
+            name: remote_name,
+            mode: None,
+            mtime_ns: now_ns(),
+            symlink: Some(target.to_string()),
+        };
+        let result = async {
+            written?;
+            let upload = self
+                .remote
+                .upload_content(&self.wb.path_of(id), meta.mtime_ns)
+                .await?;
+            Ok::<_, VfsError>(self.remote.commit_upload(&p, &meta, upload, None).await?)
+        }
+        .await;
+        self.wb.discard(id);
+        let node = result?;
+        let handle = node.handle;
+        self.apply(vec![Change::Upsert(node)])?;
+        self.stat_handle(handle, true)
+    }
+
+    /// Creates an empty file node and opens it for writing.
+    pub async fn create(&self, parent: u64, name: &str, mode: u32) -> Result<(Stat, u64)> {
+        self.writable()?;
+        let _ns = self.ns.lock().await;
+        let remote_name = self.check_new_name(parent, name)?;
+        let p = self.dir_node(parent)?;
+        let meta = Meta {
+            name: remote_name,
+            mode: Some(mode & 0o7777),
+            mtime_ns: now_ns(),
+            symlink: None,
+        };
+        // The node exists on the server from the start (empty), so the file has a handle, an
+        // inode and a place in its folder that every other operation can use at once; its
+        // content replaces it when written and closed.
+        let (id, file) = self.wb.create()?;
+        let result = async {
+            let upload = self
+                .remote
+                .upload_content(&self.wb.path_of(id), meta.mtime_ns)
+                .await?;
+            Ok::<_, VfsError>(self.remote.commit_upload(&p, &meta, upload, None).await?)
+        }
+        .await;
+        let node = match result {
+            Ok(node) => node,
+            Err(e) => {
+                self.wb.discard(id);
+                return Err(e);
+            }
+        };
+        let handle = node.handle;
+        let mtime_ns = node.mtime_ns;
+        self.apply(vec![Change::Upsert(node)])?;
+        let st = self.stat_handle(handle, true)?;
+        self.files.lock().insert(
+            st.ino,
+            LocalFile {
+                id,
+                file: Arc::new(file),
+                size: 0,
+                mtime_ns,
+                writers: 1,
+                dirty: false,
+                sealed: false,
+                queued: Vec::new(),
+                committed: 0,
+                unlinked: false,
+            },
+        );
+        let fh = self.add_handle(st.ino, true);
+        Ok((st, fh))
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &str) -> Result<()> {
+        self.writable()?;
+        let _ns = self.ns.lock().await;
+        let ino = self
+            .tree
+            .read()
+            .peek(parent, name)
+            .ok_or(VfsError::NotFound)?;
+        let node = self.node(ino)?;
+        if node.kind.is_dir() {
+            return Err(VfsError::IsDir);
+        }
+        self.remote.delete(&node).await?;
+        self.cancel_uploads(ino)?;
+        self.apply(vec![Change::Delete(node.handle)])
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &str) -> Result<()> {
+        self.writable()?;
+        let _ns = self.ns.lock().await;
+        let ino = self
+            .tree
+            .read()
+            .peek(parent, name)
+            .ok_or(VfsError::NotFound)?;
+        let node = self.node(ino)?;
+        if !node.kind.is_dir() {
+            return Err(VfsError::NotDir);
+        }
+        if self.tree.read().child_count(ino).unwrap_or(0) > 0 {
+            return Err(VfsError::NotEmpty);
+        }
+        self.remote.delete(&node).await?;
+        self.apply(vec![Change::Delete(node.handle)])
+    }
+
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        no_replace: bool,
+    ) -> Result<()> {
+        self.writable()?;
+        let _ns = self.ns.lock().await;
+        let (src, target) = {
+            let tree = self.tree.read();
+            (
+                tree.peek(parent, name).ok_or(VfsError::NotFound)?,
+                tree.peek(new_parent, new_name),
+            )
+        };
+        if target == Some(src) {
+            return Ok(());
+        }
+        if new_name.len() > 255 {
+            return Err(VfsError::Invalid("name too long"));
+        }
+        let remote_name = tree::names::unescape(new_name)
+            .map_err(|_| VfsError::Invalid("name"))?
+            .into_owned();
+        let node = self.node(src)?;
+        let dest = self.dir_node(new_parent)?;
+        if node.kind.is_dir() && self.is_ancestor(src, new_parent) {
+            return Err(VfsError::Invalid("cannot move a folder inside itself"));
+        }
+        let target = match target {
+            Some(t) if no_replace => {
+                let _ = t;
+                return Err(VfsError::Exists);
+            }
+            Some(t) => {
+                let tnode = self.node(t)?;
+                match (node.kind.is_dir(), tnode.kind.is_dir()) {
+                    (true, false) => return Err(VfsError::NotDir),
+                    (false, true) => return Err(VfsError::IsDir),
+                    (true, true) if self.tree.read().child_count(t).unwrap_or(0) > 0 => {
+                        return Err(VfsError::NotEmpty);
+                    }
+                    _ => {}
+                }
+                Some((t, tnode))
+            }
+            None => None,
+        };
+        let mut moved = node.clone();
+        if node.parent != Some(dest.handle) {
+            moved = self.remote.move_to(&moved, &dest).await?;
+        }
+        if moved.name != remote_name {
+            let meta = Meta {
+                name: remote_name,
+                ..Meta::of(&moved)
+            };
+            moved = self.remote.set_meta(&moved, &meta).await?;
+        }
+        let mut changes = vec![Change::Upsert(moved)];
+        // The replaced node goes only after the renamed one is in place: a crash in between
+        // leaves both, never neither.
+        if let Some((t, tnode)) = target {
+            self.remote.delete(&tnode).await?;
+            self.cancel_uploads(t)?;
+            changes.push(Change::Delete(tnode.handle));
+        }
+        self.apply(changes)
+    }
+
+    fn is_ancestor(&self, ancestor: u64, mut ino: u64) -> bool {
+        let tree = self.tree.read();
+        loop {
+            if ino == ancestor {
+                return true;
+            }
+            match tree.parent_of(ino) {
+                Some(p) => ino = p,
+                None => return false,
+            }
+        }
+    }
+
+    pub async fn setattr(self: &Arc<Self>, ino: u64, set: SetAttr) -> Result<Stat> {
+        if let Some(uid) = set.uid
+            && uid != self.config.uid
+            && uid != u32::MAX
+        {
+            return Err(VfsError::NotPermitted("changing the owner"));
+        }
+        if let Some(gid) = set.gid
+            && gid != self.config.gid
+            && gid != u32::MAX
+        {
+            return Err(VfsError::NotPermitted("changing the group"));
+        }
+        if set.mode.is_none() && set.size.is_none() && set.mtime.is_none() {
+            return self.getattr(ino);
+        }
+        self.writable()?;
+        if let Some(size) = set.size {
+            self.truncate(ino, size).await?;
+        }
+        if set.mode.is_some() || set.mtime.is_some() {
+            let _ns = self.ns.lock().await;
+            let node = self.node(ino)?;
+            let mut meta = Meta::of(&node);
+            if let Some(mode) = set.mode {
+                meta.mode = Some(mode & 0o7777);
+            }
+            if let Some(mtime) = set.mtime {
+                meta.mtime_ns = mtime.unwrap_or_else(now_ns);
+                self.set_local_mtime(ino, meta.mtime_ns)?;
+            } else if let Some(local) = self.files.lock().get(&ino) {
+                meta.mtime_ns = local.mtime_ns;
+            }
+            if meta != Meta::of(&node) {
+                let updated = self.remote.set_meta(&node, &meta).await?;
+                self.apply(vec![Change::Upsert(updated)])?;
+            }
+        }
+        self.getattr(ino)
+    }
+}
+
+pub(crate) fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,273 @@
+//! Write-back: local staging files and the journal that makes queued uploads survive a crash.
+//!
+//! A file's life on the write path is a small state machine (the filesystem core, `vfs`, drives
+//! it; this module holds the durable parts):
+//!
+//! ```text
+//!   clean ──open for write──▶ open (staging file, writers > 0)
+//!   open ──last close / fsync──▶ queued   (staging file sealed, journal entry written, fsynced)
+//!   queued ──worker──▶ uploading ──node committed──▶ clean (entry and staging file removed)
+//!   queued/uploading ──open for write──▶ open again on a *copy* of the sealed file, so the
+//!                                        upload in flight never sees a half-written state
+//!   uploading ──server down──▶ queued (retried with backoff; the write is never dropped)
+//! ```
+//!
+//! Staging files hold plaintext (the one exception to "nothing plaintext on disk", DESIGN.md),
+//! so they and their directory are private to the user (0600 / 0700) and deleted as soon as
+//! their upload is committed. The journal is a sled tree: one entry per sealed staging file,
+//! written and flushed before `close()`/`fsync()` returns, so an acknowledged write is on disk
+//! and will be uploaded by this mount or the next one.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum WritebackError {
+    #[error("staging I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("journal: {0}")]
+    Journal(#[from] sled::Error),
+    #[error("journal entry {0} is corrupt")]
+    Corrupt(u64),
+}
+
+impl WritebackError {
+    /// The underlying I/O error, for errno mapping (ENOSPC, EDQUOT …).
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        match self {
+            WritebackError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, WritebackError>;
+
+/// A queued upload, as the journal keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Staging file id.
+    pub id: u64,
+    /// The node the upload replaces (its handle), found again by handle after a remount.
+    pub target: u64,
+    /// Where to put the content should the target be gone (deleted by another client).
+    pub parent: u64,
+    pub name: String,
+    pub mode: Option<u32>,
+    pub mtime_ns: i64,
+    pub size: u64,
+}
+
+/// The staging directory and the journal of one mount.
+pub struct Writeback {
+    dir: PathBuf,
+    journal: sled::Db,
+    next_id: AtomicU64,
+}
+
+impl Writeback {
+    /// Opens (or creates) the staging area under `dir`. Staging files without a journal entry
+    /// are leftovers of writes never acknowledged (a crash before `close()` returned): removed.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let io = |source| WritebackError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir.join("staging"))
+            .map_err(io)?;
+        let journal = sled::Config::new()
+            .path(dir.join("journal"))
+            .mode(sled::Mode::LowSpace)
+            .open()?;
+        let wb = Writeback {
+            dir: dir.to_path_buf(),
+            journal,
+            next_id: AtomicU64::new(0),
+        };
+        let pending = wb.pending()?;
+        let mut max = pending.iter().map(|e| e.id).max().unwrap_or(0);
+        for entry in std::fs::read_dir(dir.join("staging")).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let id = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u64>().ok());
+            match id {
+                Some(id) if pending.iter().any(|e| e.id == id) => {}
+                _ => {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+            max = max.max(id.unwrap_or(0));
+        }
+        wb.next_id.store(max + 1, Ordering::Relaxed);
+        Ok(wb)
+    }
+
+    pub fn path_of(&self, id: u64) -> PathBuf {
+        self.dir.join("staging").join(id.to_string())
+    }
+
+    /// A new, empty staging file (0600).
+    pub fn create(&self) -> Result<(u64, File)> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let path = self.path_of(id);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| WritebackError::Io { path, source })?;
+        Ok((id, file))
+    }
+
+    /// A new staging file holding a copy of staging file `from`.
+    pub fn copy(&self, from: u64) -> Result<(u64, File)> {
+        let (id, mut file) = self.create()?;
+        let src = self.path_of(from);
+        let mut input = File::open(&src).map_err(|source| WritebackError::Io {
+            path: src.clone(),
+            source,
+        })?;
+        std::io::copy(&mut input, &mut file).map_err(|source| WritebackError::Io {
+            path: self.path_of(id),
+            source,
+        })?;
+        Ok((id, file))
+    }
+
+    /// Reopens a sealed staging file (after a remount).
+    pub fn reopen(&self, id: u64) -> Result<File> {
+        let path = self.path_of(id);
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|source| WritebackError::Io { path, source })
+    }
+
+    /// Seals a staging file into the journal: its data and the entry reach the disk before this
+    /// returns, which is what lets `close()` and `fsync()` report success.
+    pub fn enqueue(&self, file: &File, entry: &Entry) -> Result<()> {
+        file.sync_data().map_err(|source| WritebackError::Io {
+            path: self.path_of(entry.id),
+            source,
+        })?;
+        self.put(entry)?;
+        self.journal.flush()?;
+        Ok(())
+    }
+
+    /// Rewrites a queued entry (its metadata changed before the upload ran).
+    pub fn update(&self, entry: &Entry) -> Result<()> {
+        if self.journal.contains_key(entry.id.to_be_bytes())? {
+            self.put(entry)?;
+        }
+        Ok(())
+    }
+
+    fn put(&self, entry: &Entry) -> Result<()> {
+        let value = serde_json::to_vec(entry).expect("an entry serializes");
+        self.journal.insert(entry.id.to_be_bytes(), value)?;
+        Ok(())
+    }
+
+    pub fn get(&self, id: u64) -> Result<Option<Entry>> {
+        let Some(v) = self.journal.get(id.to_be_bytes())? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(|_| WritebackError::Corrupt(id))
+    }
+
+    /// Forgets an upload (committed, or cancelled by an unlink) and deletes its staging file.
+    pub fn finish(&self, id: u64) -> Result<()> {
+        self.forget(id)?;
+        self.discard(id);
+        Ok(())
+    }
+
+    /// Removes an upload from the journal, keeping its staging file (still open for writing).
+    pub fn forget(&self, id: u64) -> Result<()> {
+        self.journal.remove(id.to_be_bytes())?;
+        self.journal.flush()?;
+        Ok(())
+    }
+
+    /// Deletes a staging file that no entry refers to.
+    pub fn discard(&self, id: u64) {
+        let _ = std::fs::remove_file(self.path_of(id));
+    }
+
+    /// Every queued upload, oldest first.
+    pub fn pending(&self) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        for kv in self.journal.iter() {
+            let (k, v) = kv?;
+            let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or_default());
+            out.push(serde_json::from_slice(&v).map_err(|_| WritebackError::Corrupt(id))?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn entry(id: u64) -> Entry {
+        Entry {
+            id,
+            target: 7,
+            parent: 1,
+            name: "a".into(),
+            mode: Some(0o644),
+            mtime_ns: 5,
+            size: 3,
+        }
+    }
+
+    #[test]
+    fn queued_entries_survive_reopen_and_unqueued_staging_files_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kept, unqueued) = {
+            let wb = Writeback::open(dir.path()).unwrap();
+            let (kept, mut f) = wb.create().unwrap();
+            f.write_all(b"abc").unwrap();
+            wb.enqueue(&f, &entry(kept)).unwrap();
+            let (unqueued, _) = wb.create().unwrap();
+            let mode = std::fs::metadata(wb.path_of(kept))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+            (kept, unqueued)
+        };
+        let wb = Writeback::open(dir.path()).unwrap();
+        assert_eq!(wb.pending().unwrap(), vec![entry(kept)]);
+        assert_eq!(std::fs::read(wb.path_of(kept)).unwrap(), b"abc");
+        assert!(!wb.path_of(unqueued).exists());
+        let (next, _) = wb.create().unwrap();
+        assert!(next > unqueued, "ids are never reused");
+        let (copy, _) = wb.copy(kept).unwrap();
+        assert_eq!(std::fs::read(wb.path_of(copy)).unwrap(), b"abc");
+        wb.finish(kept).unwrap();
+        assert!(wb.pending().unwrap().is_empty());
+        assert!(!wb.path_of(kept).exists());
+    }
+}
