@@ -405,6 +405,18 @@ async fn embedded(
     Ok((client, server))
 }
 
+/// Whether process `pid` is alive (a zombie, exited but not yet reaped by its parent, is not).
+fn is_running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
 /// `veilfs unmount`: detaches the mount, then waits for the daemon to upload what is queued.
 pub fn unmount(args: UnmountArgs) -> anyhow::Result<()> {
     let mountpoint = std::fs::canonicalize(&args.mountpoint)
@@ -429,7 +441,7 @@ pub fn unmount(args: UnmountArgs) -> anyhow::Result<()> {
     );
     if let Some(pid) = pid {
         let mut shown = false;
-        while unsafe { libc::kill(pid, 0) } == 0 {
+        while is_running(pid) {
             if !shown {
                 print!("waiting for queued uploads to finish…");
                 let _ = std::io::stdout().flush();

@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 use std::io::Write;
+
+pub mod mount;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 

@@ -1,0 +1,238 @@
+//! A real `veilfs serve` process and a real `veilfs mount` of an account on it, for tests that
+//! go through the kernel. Everything lives in one temporary directory; dropping the fixture
+//! unmounts (lazily if need be) and stops both processes.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_veilfs");
+pub const PASSWORD: &str = "correct horse battery stäple";
+
+pub struct MountFixture {
+    pub root: tempfile::TempDir,
+    pub url: String,
+    pub email: String,
+    pub mnt: PathBuf,
+    server: Child,
+    daemon: Option<Child>,
+    mounts: u32,
+}
+
+impl MountFixture {
+    /// A server with one account, mounted.
+    pub fn new() -> Self {
+        let root = tempfile::Builder::new()
+            .prefix("veilfs-mount-")
+            .tempdir()
+            .unwrap();
+        let (server, url) = serve(&root.path().join("server"));
+        let email = format!(
+            "m{}@test.veilfs",
+            hex::encode(veilfs::crypto::random_array::<4>())
+        );
+        std::fs::write(root.path().join("password"), PASSWORD).unwrap();
+        let mnt = root.path().join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let mut f = MountFixture {
+            root,
+            url,
+            email,
+            mnt,
+            server,
+            daemon: None,
+            mounts: 0,
+        };
+        let out = f
+            .command()
+            .args([
+                "signup",
+                "--server",
+                &f.url,
+                "--email",
+                &f.email,
+                "--password-file",
+            ])
+            .arg(f.root.path().join("password"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "signup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        f.mount();
+        f
+    }
+
+    /// `veilfs` with this fixture's private config, state and cache directories.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(BIN);
+        let r = self.root.path();
+        c.env("HOME", r)
+            .env("XDG_CONFIG_HOME", r.join("config"))
+            .env("XDG_STATE_HOME", r.join("state"))
+            .env("XDG_CACHE_HOME", r.join("cache"))
+            .env("XDG_DATA_HOME", r.join("data"));
+        c
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.root.path().join("cache")
+    }
+
+    pub fn server_data(&self) -> PathBuf {
+        self.root.path().join("server")
+    }
+
+    pub fn log(&self, n: u32) -> PathBuf {
+        self.root.path().join(format!("mount-{n}.log"))
+    }
+
+    /// Mounts in the foreground (as a child) and waits until the mount is live.
+    pub fn mount(&mut self) {
+        assert!(self.daemon.is_none(), "already mounted");
+        self.mounts += 1;
+        let log_path = self.log(self.mounts);
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = self
+            .command()
+            .env("RUST_LOG", "veilfs=info")
+            .arg("mount")
+            .arg(&self.mnt)
+            .args([
+                "--server",
+                &self.url,
+                "--email",
+                &self.email,
+                "--password-file",
+            ])
+            .arg(self.root.path().join("password"))
+            .arg("--cache-dir")
+            .arg(self.cache_dir())
+            .arg("--foreground")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !is_mounted(&self.mnt) {
+            if let Some(status) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "mount exited ({status}):\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "mount did not appear");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `veilfs unmount`, which waits for queued uploads; the daemon must exit cleanly.
+    pub fn unmount(&mut self) {
+        let out = self
+            .command()
+            .arg("unmount")
+            .arg(&self.mnt)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "unmount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut child = self.daemon.take().expect("mounted");
+        let status = wait(&mut child, Duration::from_secs(90));
+        assert!(
+            status.success(),
+            "daemon exited with {status}:\n{}",
+            std::fs::read_to_string(self.log(self.mounts)).unwrap_or_default()
+        );
+        assert!(!is_mounted(&self.mnt));
+    }
+
+    pub fn remount(&mut self) {
+        self.unmount();
+        self.mount();
+    }
+
+    /// SIGKILL of the daemon, then a lazy unmount of what it left behind.
+    pub fn kill(&mut self) {
+        let mut child = self.daemon.take().expect("mounted");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let _ = Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(&self.mnt)
+            .status();
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+}
+
+impl Drop for MountFixture {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&self.mnt)
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+fn wait(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "process did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let wanted = path.to_string_lossy();
+    info.lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|p| p == wanted))
+}
+
+/// Starts `veilfs serve` on a free port; returns the child and its URL.
+pub fn serve(data: &Path) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--data"])
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("veilfs serve: listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, url)
+}
+
+/// Deterministic test content.
+pub fn pattern(size: usize, seed: u8) -> Vec<u8> {
+    (0..size)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 11) as u8)
+        .collect()
+}

@@ -1,0 +1,343 @@
+//! Real mounts of a real server: POSIX behaviour through the kernel, persistence across
+//! remounts, `rsync -a` round trips, and a daemon killed right after `close()`.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::mount::{MountFixture, pattern};
+
+fn mtime_ns(p: &Path) -> i128 {
+    let m = fs::symlink_metadata(p).unwrap();
+    m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128
+}
+
+fn set_mtime(p: &Path, secs: i64, nsec: i64) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let times = [
+        libc::timespec {
+            tv_sec: secs,
+            tv_nsec: nsec,
+        },
+        libc::timespec {
+            tv_sec: secs,
+            tv_nsec: nsec,
+        },
+    ];
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "utimensat {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
+    r.expect_err("expected an error").raw_os_error().unwrap()
+}
+
+#[test]
+fn posix_operations_and_their_persistence_across_remounts() {
+    let mut f = MountFixture::new();
+    let big = pattern(3 * 1024 * 1024 + 17, 3);
+
+    // Files: create, write at offsets, read back, truncate, overwrite in place.
+    fs::write(f.path("small.txt"), b"hello").unwrap();
+    fs::write(f.path("big.bin"), &big).unwrap();
+    let mut h = fs::OpenOptions::new()
+        .write(true)
+        .open(f.path("small.txt"))
+        .unwrap();
+    h.seek(SeekFrom::Start(10)).unwrap();
+    h.write_all(b"world").unwrap();
+    drop(h);
+    assert_eq!(
+        fs::read(f.path("small.txt")).unwrap(),
+        b"hello\0\0\0\0\0world"
+    );
+    let mut h = fs::OpenOptions::new()
+        .write(true)
+        .open(f.path("big.bin"))
+        .unwrap();
+    h.seek(SeekFrom::Start(1_000_000)).unwrap();
+    h.write_all(b"PATCH").unwrap();
+    drop(h);
+    let mut expected_big = big.clone();
+    expected_big[1_000_000..1_000_005].copy_from_slice(b"PATCH");
+    assert_eq!(fs::read(f.path("big.bin")).unwrap(), expected_big);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(f.path("small.txt"))
+        .unwrap()
+        .set_len(3)
+        .unwrap();
+    assert_eq!(fs::read(f.path("small.txt")).unwrap(), b"hel");
+
+    // Folders, symlinks (relative, absolute, dangling), modes and nanosecond times.
+    fs::create_dir_all(f.path("a/b/c")).unwrap();
+    symlink("../small.txt", f.path("a/rel")).unwrap();
+    symlink("/etc/hostname", f.path("a/abs")).unwrap();
+    symlink("nowhere/at all", f.path("a/dangling")).unwrap();
+    fs::set_permissions(f.path("big.bin"), fs::Permissions::from_mode(0o751)).unwrap();
+    fs::set_permissions(f.path("a/b"), fs::Permissions::from_mode(0o700)).unwrap();
+    set_mtime(&f.path("big.bin"), 1_000_000_000, 123_456_789);
+    set_mtime(&f.path("a/b"), 1_100_000_000, 5);
+    set_mtime(&f.path("a/rel"), 1_200_000_000, 987_654_321);
+
+    // Renames: across folders, over an existing file, RENAME_NOREPLACE refused.
+    fs::write(f.path("a/b/c/moved"), b"m").unwrap();
+    fs::rename(f.path("a/b/c/moved"), f.path("moved")).unwrap();
+    fs::write(f.path("target"), b"old").unwrap();
+    fs::write(f.path(".target.tmp"), b"new content").unwrap();
+    fs::rename(f.path(".target.tmp"), f.path("target")).unwrap();
+    assert_eq!(fs::read(f.path("target")).unwrap(), b"new content");
+    let out = Command::new("mv")
+        .arg("--no-clobber")
+        .arg("--update=none-fail")
+        .arg(f.path("moved"))
+        .arg(f.path("target"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success() || fs::read(f.path("target")).unwrap() == b"new content");
+
+    // What cannot be stored is refused, not silently lost.
+    assert_eq!(
+        errno_of(fs::hard_link(f.path("moved"), f.path("hard"))),
+        libc::EPERM
+    );
+    assert_eq!(errno_of(fs::remove_dir(f.path("a/b"))), libc::ENOTEMPTY);
+    assert_eq!(errno_of(fs::remove_file(f.path("a"))), libc::EISDIR);
+    assert_eq!(errno_of(fs::read(f.path("missing"))), libc::ENOENT);
+    fs::create_dir(f.path("gone")).unwrap();
+    fs::remove_dir(f.path("gone")).unwrap();
+    fs::write(f.path("gone.txt"), b"x").unwrap();
+    fs::remove_file(f.path("gone.txt")).unwrap();
+
+    let check = |f: &MountFixture| {
+        assert_eq!(fs::read(f.path("small.txt")).unwrap(), b"hel");
+        assert_eq!(fs::read(f.path("big.bin")).unwrap(), expected_big);
+        assert_eq!(fs::read(f.path("target")).unwrap(), b"new content");
+        assert_eq!(fs::read(f.path("moved")).unwrap(), b"m");
+        assert!(f.path("a/b/c").is_dir());
+        assert_eq!(
+            fs::read_link(f.path("a/rel")).unwrap(),
+            Path::new("../small.txt")
+        );
+        assert_eq!(
+            fs::read_link(f.path("a/abs")).unwrap(),
+            Path::new("/etc/hostname")
+        );
+        assert_eq!(
+            fs::read_link(f.path("a/dangling")).unwrap(),
+            Path::new("nowhere/at all")
+        );
+        assert_eq!(fs::read(f.path("a/rel")).unwrap(), b"hel");
+        let mode = |p: &str| fs::symlink_metadata(f.path(p)).unwrap().mode() & 0o7777;
+        assert_eq!(mode("big.bin"), 0o751);
+        assert_eq!(mode("a/b"), 0o700);
+        assert_eq!(mtime_ns(&f.path("big.bin")), 1_000_000_000_123_456_789);
+        assert_eq!(mtime_ns(&f.path("a/b")), 1_100_000_000_000_000_005);
+        assert_eq!(mtime_ns(&f.path("a/rel")), 1_200_000_000_987_654_321);
+        assert!(!f.path("gone").exists() && !f.path("gone.txt").exists());
+        assert!(!f.path(".target.tmp").exists());
+        let mut names: Vec<String> = fs::read_dir(&f.mnt)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a", "big.bin", "moved", "small.txt", "target"]);
+    };
+    check(&f);
+    f.remount();
+    check(&f);
+    // With the local cache gone too: everything comes from the server.
+    f.unmount();
+    fs::remove_dir_all(f.cache_dir()).unwrap();
+    f.mount();
+    check(&f);
+
+    // statfs reports the account's quota.
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%b %S"])
+        .arg(&f.mnt)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut it = text.split_whitespace().map(|s| s.parse::<u64>().unwrap());
+    let (blocks, bsize) = (it.next().unwrap(), it.next().unwrap());
+    assert!(blocks * bsize >= 1 << 30, "quota shown: {text}");
+}
+
+#[test]
+fn rsync_a_round_trips_and_the_second_pass_is_a_no_op() {
+    let mut f = MountFixture::new();
+    let src = f.root.path().join("src");
+    for d in [
+        "tree/empty",
+        "tree/sub/deeper",
+        "tree/with space",
+        "tree/ünï €",
+    ] {
+        fs::create_dir_all(src.join(d)).unwrap();
+    }
+    for i in 0..40 {
+        let dir = ["tree", "tree/sub", "tree/sub/deeper", "tree/ünï €"][i % 4];
+        fs::write(
+            src.join(dir).join(format!("file {i}.dat")),
+            pattern(i * 997, i as u8),
+        )
+        .unwrap();
+    }
+    fs::write(src.join("tree/run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(src.join("tree/run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(src.join("tree/private"), b"secret").unwrap();
+    fs::set_permissions(src.join("tree/private"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(src.join("tree/big"), pattern(2_500_000, 9)).unwrap();
+    symlink("sub/deeper", src.join("tree/rel-link")).unwrap();
+    symlink("/usr/share", src.join("tree/abs-link")).unwrap();
+    symlink("does/not/exist", src.join("tree/dangling")).unwrap();
+    fs::write(src.join("tree/odd'name\"with$chars"), b"odd").unwrap();
+    // Directory times last, as they change when entries are added.
+    let mut t = 1_500_000_000;
+    for d in [
+        "tree/empty",
+        "tree/sub/deeper",
+        "tree/sub",
+        "tree/with space",
+        "tree",
+    ] {
+        set_mtime(&src.join(d), t, 250_000_000);
+        t += 1000;
+    }
+
+    let rsync = |f: &MountFixture| {
+        Command::new("rsync")
+            .args(["-a", "-i"])
+            .arg(format!("{}/", src.join("tree").display()))
+            .arg(format!("{}/", f.path("tree").display()))
+            .output()
+            .unwrap()
+    };
+    let first = rsync(&f);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(!first.stdout.is_empty());
+    let second = rsync(&f);
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&second.stdout),
+        "",
+        "the second rsync found differences"
+    );
+
+    let diff = |f: &MountFixture| {
+        let out = Command::new("diff")
+            .args(["-r", "--no-dereference"])
+            .arg(src.join("tree"))
+            .arg(f.path("tree"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "diff: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    };
+    diff(&f);
+    f.remount();
+    diff(&f);
+    let third = rsync(&f);
+    assert_eq!(
+        String::from_utf8_lossy(&third.stdout),
+        "",
+        "differences after a remount"
+    );
+}
+
+#[test]
+fn a_file_closed_before_sigkill_is_intact_after_restart() {
+    let mut f = MountFixture::new();
+    let data = pattern(24 * 1024 * 1024 + 5, 1);
+    {
+        let mut h = fs::File::create(f.path("survivor.bin")).unwrap();
+        h.write_all(&data).unwrap();
+    } // close(): the content is in the journal now
+    f.kill();
+    f.mount();
+    // The resumed upload finishes, then a cold read from the server proves it arrived.
+    f.unmount();
+    fs::remove_dir_all(f.cache_dir().join("blocks")).ok();
+    f.mount();
+    let mut back = Vec::new();
+    fs::File::open(f.path("survivor.bin"))
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert!(back == data, "content differs after SIGKILL and restart");
+}
+
+#[test]
+fn another_clients_change_appears_in_the_mount() {
+    let f = MountFixture::new();
+    fs::create_dir(f.path("shared")).unwrap();
+    assert!(fs::read_dir(f.path("shared")).unwrap().next().is_none());
+    // A second mount of the same account plays the other client.
+    let mnt2 = f.root.path().join("mnt2");
+    fs::create_dir(&mnt2).unwrap();
+    let log = fs::File::create(f.root.path().join("second.log")).unwrap();
+    let mut second = f
+        .command()
+        .env("XDG_CACHE_HOME", f.root.path().join("cache2"))
+        .arg("mount")
+        .arg(&mnt2)
+        .args(["--server", &f.url, "--email", &f.email, "--password-file"])
+        .arg(f.root.path().join("password"))
+        .arg("--foreground")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !common::mount::is_mounted(&mnt2) {
+        assert!(start.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fs::write(mnt2.join("shared/from-the-other.txt"), b"hi there").unwrap();
+    let _ = Command::new("fusermount3").arg("-u").arg(&mnt2).status();
+    second.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(data) = fs::read(f.path("shared/from-the-other.txt"))
+            && data == b"hi there"
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the change never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = SystemTime::now().duration_since(UNIX_EPOCH);
+}
