@@ -42,5 +42,14 @@ cargo fmt --all -- --check
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 
+# A real S3 store for the `serve --s3-bucket` tests: a single Garage node on loopback, built
+# once into a cache outside the checkout. The tests fail rather than skip when it is missing.
+log "Garage (S3) on loopback for the S3 blob store tests"
+GARAGE_DIR="$(mktemp -d)"
+trap 'scripts/garage.sh stop "$GARAGE_DIR"; rm -rf "$GARAGE_DIR"' EXIT
+garage_env="$(scripts/garage.sh start "$GARAGE_DIR")" # fails the script if Garage does not start
+eval "$garage_env"
+export VEILFS_REQUIRE_GARAGE=1
+
 log "cargo test"
 cargo test --all-targets --no-fail-fast

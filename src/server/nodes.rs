@@ -260,9 +260,9 @@ pub async fn put(ctx: &Ctx<'_>, cmd: &Map<String, Value>) -> ApiResult<Value> {
         transfer::discard_completed(state, &uploads).await?;
         return Err(ApiError::OverQuota);
     }
-    let ids: Vec<String> = uploads.iter().map(|(_, u)| u.id.clone()).collect();
-    let blobs = state.blobs.clone();
-    tokio::task::spawn_blocking(move || ids.iter().try_for_each(|id| blobs.publish(id))).await??;
+    for (_, upload) in &uploads {
+        state.blobs.publish(&upload.id).await?;
+    }
     let mut writes = Writes::new();
     for node in &created {
         put_node(&mut writes, &uh, node);
@@ -399,15 +399,11 @@ pub async fn delete(ctx: &Ctx<'_>, cmd: &Map<String, Value>) -> ApiResult<Value>
     drop(guard);
     state.notifier.notify(&uh, seq);
     // The nodes are gone for good; content removal failing only leaks disk space.
-    let store = state.blobs.clone();
-    tokio::task::spawn_blocking(move || {
-        for blob in blobs {
-            if let Err(e) = store.delete(&blob) {
-                tracing::warn!(blob, error = %e, "could not delete blob of a deleted node");
-            }
+    for blob in blobs {
+        if let Err(e) = state.blobs.delete(&blob).await {
+            tracing::warn!(blob, error = %e, "could not delete blob of a deleted node");
         }
-    })
-    .await?;
+    }
     Ok(json!(0))
 }
 
