@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use super::AppState;
 use super::errors::{ApiError, ApiResult};
 use super::sessions::Auth;
-use super::{accounts, nodes, sessions, transfer};
+use super::{accounts, links, nodes, sessions, transfer};
 
 /// Largest accepted command batch body. The biggest legitimate commands (`p` with many nodes)
 /// stay far below this.
@@ -32,6 +32,8 @@ pub struct Ctx<'a> {
     /// Base URL (`http://host:port/`) as the client reached us; transfer URLs are built on it.
     pub base_url: String,
     pub user_agent: Option<String>,
+    /// The public handle of a folder link the request reads through (`?n=`).
+    pub folder_link: Option<String>,
 }
 
 impl Ctx<'_> {
@@ -196,6 +198,7 @@ pub async fn handle(
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(200).collect()),
+        folder_link: query.get("n").cloned(),
     };
     let mut results = Vec::with_capacity(commands.len());
     for command in &commands {
@@ -227,13 +230,18 @@ pub async fn dispatch(ctx: &Ctx<'_>, cmd: &Map<String, Value>) -> ApiResult<Valu
         "sml" => sessions::logout(ctx).await,
         "usl" => sessions::list(ctx).await,
         "usr" => sessions::revoke(ctx, cmd).await,
+        "f" if ctx.folder_link.is_some() => links::folder_fetch(ctx).await,
         "f" => nodes::fetch(ctx).await,
         "p" => nodes::put(ctx, cmd).await,
         "a" => nodes::set_attributes(ctx, cmd).await,
         "m" => nodes::move_node(ctx, cmd).await,
         "d" => nodes::delete(ctx, cmd).await,
         "u" => transfer::upload_url(ctx, cmd).await,
+        "g" if cmd.contains_key("p") => links::public_file(ctx, cmd).await,
+        "g" if ctx.folder_link.is_some() => links::folder_file(ctx, cmd).await,
         "g" => transfer::download_url(ctx, cmd).await,
+        "l" => links::export(ctx, cmd).await,
+        "s2" => links::share(ctx, cmd).await,
         _ => Err(ApiError::Args),
     }
 }

@@ -8,6 +8,7 @@
 //! - [`sessions`]: session ids, `csid`/`tsid`, logout and the session list;
 //! - [`nodes`]: the file tree (`f`, `p`, `a`, `m`, `d`);
 //! - [`actions`]: the action-packet log, `sc` and its long-poll wait URL;
+//! - [`links`]: public file and folder links (`l`, `s2`, and reading through a link);
 //! - [`transfer`]: `u`/`g` and the upload and download HTTP endpoints;
 //! - [`blobs`]: where ciphertext lives ([`blobs::BlobStore`], a local directory by default);
 //! - [`s3`]: the same in an S3-compatible bucket;
@@ -18,6 +19,7 @@ pub mod actions;
 pub mod api;
 pub mod blobs;
 pub mod errors;
+pub mod links;
 pub mod nodes;
 pub mod ratelimit;
 pub mod s3;

@@ -411,18 +411,32 @@ pub async fn download_url(ctx: &Ctx<'_>, cmd: &Map<String, Value>) -> ApiResult<
     if node.t != TYPE_FILE {
         return Err(ApiError::Args);
     }
+    download_answer(ctx, cmd, uh, &node, true)
+}
+
+/// The `g` answer for file `node` of account `uh`: size and encrypted attributes, and the
+/// download URL when `with_url` (megajs asks a file link's attributes without one).
+pub fn download_answer(
+    ctx: &Ctx<'_>,
+    cmd: &Map<String, Value>,
+    uh: &str,
+    node: &nodes::Node,
+    with_url: bool,
+) -> ApiResult<Value> {
     let ssl = u64_arg(cmd, "ssl", Some(0))?;
     let base = if ssl >= 2 {
         force_https(&ctx.base_url)
     } else {
         ctx.base_url.clone()
     };
-    let token = download_token(ctx.state, uh, &node.h, now() + DOWNLOAD_TTL_SECS);
     let mut out = json!({
-        "g": format!("{base}dl/{token}"),
         "s": node.s.unwrap_or(0),
         "at": node.a,
     });
+    if with_url {
+        let token = download_token(ctx.state, uh, &node.h, now() + DOWNLOAD_TTL_SECS);
+        out["g"] = json!(format!("{base}dl/{token}"));
+    }
     if let Some(fa) = &node.fa {
         out["fa"] = json!(fa);
     }
