@@ -53,3 +53,10 @@ export VEILFS_REQUIRE_GARAGE=1
 
 log "cargo test"
 cargo test --all-targets --no-fail-fast
+
+# A short run of the /cs decoder fuzz target, only where cargo-fuzz (and nightly) are set up;
+# tests/server_decoder.rs throws random input at the same decoder in every run.
+if cargo fuzz --help >/dev/null 2>&1; then
+    log "cargo fuzz run cs_decoder (60 s)"
+    cargo fuzz run cs_decoder -- -max_total_time=60
+fi

@@ -172,15 +172,28 @@ pub async fn handle(
     let Ok(body) = body else {
         return bare_error(ApiError::Args);
     };
-    let query = query_pairs(query.as_deref());
-    let commands = match serde_json::from_slice::<Value>(&body) {
+    json_response(process(&state, query.as_deref(), &headers, &body).await)
+}
+
+/// Decodes a `/cs` request (query string, headers, body) and runs its commands: the whole of
+/// `POST /cs` but the HTTP plumbing, so a fuzzer can drive it directly. Always a JSON answer:
+/// an array of per-command results, or a bare error code.
+pub async fn process(
+    state: &AppState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Bytes {
+    let bare = |e: ApiError| Bytes::from(e.code().to_string());
+    let query = query_pairs(query);
+    let commands = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Array(commands)) if commands.len() <= MAX_COMMANDS => commands,
-        _ => return bare_error(ApiError::Args),
+        _ => return bare(ApiError::Args),
     };
     let auth = match query.get("sid") {
-        Some(sid) => match sessions::authenticate(&state, sid) {
+        Some(sid) => match sessions::authenticate(state, sid) {
             Ok(auth) => Some(auth),
-            Err(e) => return bare_error(e),
+            Err(e) => return bare(e),
         },
         None => None,
     };
@@ -188,12 +201,12 @@ pub async fn handle(
     if let (Some(auth), Some(id)) = (&auth, &request_id)
         && let Some(cached) = state.replay.get(&auth.sid_hash, id)
     {
-        return json_response(cached);
+        return cached;
     }
     let ctx = Ctx {
-        state: &state,
+        state,
         auth: auth.clone(),
-        base_url: base_url(&state, &headers),
+        base_url: base_url(state, headers),
         user_agent: headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
@@ -212,7 +225,7 @@ pub async fn handle(
     if let (Some(auth), Some(id)) = (&auth, &request_id) {
         state.replay.put(&auth.sid_hash, id, body.clone());
     }
-    json_response(body)
+    body
 }
 
 /// Runs one command.
