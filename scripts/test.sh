@@ -43,5 +43,21 @@ cargo fmt --all -- --check
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 
+# A real S3 store for the `serve --s3-bucket` tests: a single Garage node on loopback, built
+# once into a cache outside the checkout. The tests fail rather than skip when it is missing.
+log "Garage (S3) on loopback for the S3 blob store tests"
+GARAGE_DIR="$(mktemp -d)"
+trap 'scripts/garage.sh stop "$GARAGE_DIR"; rm -rf "$GARAGE_DIR"' EXIT
+garage_env="$(scripts/garage.sh start "$GARAGE_DIR")" # fails the script if Garage does not start
+eval "$garage_env"
+export VEILFS_REQUIRE_GARAGE=1
+
 log "cargo test"
 cargo test --all-targets --no-fail-fast
+
+# A short run of the /cs decoder fuzz target, only where cargo-fuzz (and nightly) are set up;
+# tests/server_decoder.rs throws random input at the same decoder in every run.
+if cargo fuzz --help >/dev/null 2>&1; then
+    log "cargo fuzz run cs_decoder (60 s)"
+    cargo fuzz run cs_decoder -- -max_total_time=60
+fi

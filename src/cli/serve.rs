@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::server::{ServerConfig, SignupPolicy};
+use crate::server::{S3Location, ServerConfig, SignupPolicy};
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -24,6 +24,20 @@ pub struct ServeArgs {
     /// Who may create accounts: `open` (anyone who reaches the server) or `closed`.
     #[arg(long, default_value = "open", value_parser = parse_signup)]
     pub signup: SignupPolicy,
+    /// Keep encrypted file content in this S3 bucket instead of under --data (metadata stays
+    /// there). Endpoint, region and credentials come from AWS_ENDPOINT_URL, AWS_REGION,
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; plain http is allowed to a loopback
+    /// endpoint, elsewhere only with AWS_ALLOW_HTTP=true.
+    #[arg(long, value_name = "BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// Key prefix inside the S3 bucket, so several servers can share one.
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        default_value = "",
+        requires = "s3_bucket"
+    )]
+    pub s3_prefix: String,
 }
 
 /// Parses `123`, `10K`, `5M`, `20G`, `1T` (powers of 1024; a trailing `B`/`iB` is allowed).
@@ -57,6 +71,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.public_url = args.public_url;
     config.default_quota = args.quota;
     config.signup = args.signup;
+    config.s3 = args.s3_bucket.map(|bucket| S3Location {
+        bucket,
+        prefix: args.s3_prefix,
+        settings: Vec::new(),
+    });
     let server = crate::server::start(config).await?;
     // Scripts and tests read the actual address from this line (the port may have been 0).
     println!("veilfs serve: listening on {}", server.url());

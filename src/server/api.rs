@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use super::AppState;
 use super::errors::{ApiError, ApiResult};
 use super::sessions::Auth;
-use super::{accounts, nodes, sessions, transfer};
+use super::{accounts, links, nodes, sessions, transfer};
 
 /// Largest accepted command batch body. The biggest legitimate commands (`p` with many nodes)
 /// stay far below this.
@@ -32,6 +32,8 @@ pub struct Ctx<'a> {
     /// Base URL (`http://host:port/`) as the client reached us; transfer URLs are built on it.
     pub base_url: String,
     pub user_agent: Option<String>,
+    /// The public handle of a folder link the request reads through (`?n=`).
+    pub folder_link: Option<String>,
 }
 
 impl Ctx<'_> {
@@ -170,15 +172,28 @@ pub async fn handle(
     let Ok(body) = body else {
         return bare_error(ApiError::Args);
     };
-    let query = query_pairs(query.as_deref());
-    let commands = match serde_json::from_slice::<Value>(&body) {
+    json_response(process(&state, query.as_deref(), &headers, &body).await)
+}
+
+/// Decodes a `/cs` request (query string, headers, body) and runs its commands: the whole of
+/// `POST /cs` but the HTTP plumbing, so a fuzzer can drive it directly. Always a JSON answer:
+/// an array of per-command results, or a bare error code.
+pub async fn process(
+    state: &AppState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Bytes {
+    let bare = |e: ApiError| Bytes::from(e.code().to_string());
+    let query = query_pairs(query);
+    let commands = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Array(commands)) if commands.len() <= MAX_COMMANDS => commands,
-        _ => return bare_error(ApiError::Args),
+        _ => return bare(ApiError::Args),
     };
     let auth = match query.get("sid") {
-        Some(sid) => match sessions::authenticate(&state, sid) {
+        Some(sid) => match sessions::authenticate(state, sid) {
             Ok(auth) => Some(auth),
-            Err(e) => return bare_error(e),
+            Err(e) => return bare(e),
         },
         None => None,
     };
@@ -186,16 +201,17 @@ pub async fn handle(
     if let (Some(auth), Some(id)) = (&auth, &request_id)
         && let Some(cached) = state.replay.get(&auth.sid_hash, id)
     {
-        return json_response(cached);
+        return cached;
     }
     let ctx = Ctx {
-        state: &state,
+        state,
         auth: auth.clone(),
-        base_url: base_url(&state, &headers),
+        base_url: base_url(state, headers),
         user_agent: headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(200).collect()),
+        folder_link: query.get("n").cloned(),
     };
     let mut results = Vec::with_capacity(commands.len());
     for command in &commands {
@@ -209,7 +225,7 @@ pub async fn handle(
     if let (Some(auth), Some(id)) = (&auth, &request_id) {
         state.replay.put(&auth.sid_hash, id, body.clone());
     }
-    json_response(body)
+    body
 }
 
 /// Runs one command.
@@ -227,13 +243,18 @@ pub async fn dispatch(ctx: &Ctx<'_>, cmd: &Map<String, Value>) -> ApiResult<Valu
         "sml" => sessions::logout(ctx).await,
         "usl" => sessions::list(ctx).await,
         "usr" => sessions::revoke(ctx, cmd).await,
+        "f" if ctx.folder_link.is_some() => links::folder_fetch(ctx).await,
         "f" => nodes::fetch(ctx).await,
         "p" => nodes::put(ctx, cmd).await,
         "a" => nodes::set_attributes(ctx, cmd).await,
         "m" => nodes::move_node(ctx, cmd).await,
         "d" => nodes::delete(ctx, cmd).await,
         "u" => transfer::upload_url(ctx, cmd).await,
+        "g" if cmd.contains_key("p") => links::public_file(ctx, cmd).await,
+        "g" if ctx.folder_link.is_some() => links::folder_file(ctx, cmd).await,
         "g" => transfer::download_url(ctx, cmd).await,
+        "l" => links::export(ctx, cmd).await,
+        "s2" => links::share(ctx, cmd).await,
         _ => Err(ApiError::Args),
     }
 }

@@ -4,38 +4,44 @@
 //! ([`BlobStore::seal_temp`]), and becomes a permanent blob only when the client completes it
 //! with `p` ([`BlobStore::publish`]). Nothing half-written is ever readable as a file.
 //!
-//! Methods block; the server calls them from `spawn_blocking`.
+//! Two backends: [`LocalBlobStore`] (a directory) and [`super::s3::S3BlobStore`] (any
+//! S3-compatible bucket).
 
+use async_trait::async_trait;
+use bytes::Bytes;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
+#[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
     /// Writes `data` at `offset` of temporary blob `id`, creating it if needed.
-    fn write_temp(&self, id: &str, offset: u64, data: &[u8]) -> io::Result<()>;
+    async fn write_temp(&self, id: &str, offset: u64, data: Bytes) -> io::Result<()>;
     /// Makes temporary blob `id` exactly `size` bytes long and durable.
-    fn seal_temp(&self, id: &str, size: u64) -> io::Result<()>;
+    async fn seal_temp(&self, id: &str, size: u64) -> io::Result<()>;
     /// Turns sealed temporary blob `id` into permanent blob `id`, durably. Idempotent: a blob
     /// already published is fine (a retry after a crash between publishing and recording).
-    fn publish(&self, id: &str) -> io::Result<()>;
+    async fn publish(&self, id: &str) -> io::Result<()>;
     /// Removes temporary blob `id` if it exists.
-    fn discard_temp(&self, id: &str) -> io::Result<()>;
+    async fn discard_temp(&self, id: &str) -> io::Result<()>;
     /// Reads up to `len` bytes of permanent blob `id` from `offset`.
-    fn read(&self, id: &str, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    async fn read(&self, id: &str, offset: u64, len: usize) -> io::Result<Bytes>;
     /// Removes permanent blob `id` if it exists.
-    fn delete(&self, id: &str) -> io::Result<()>;
+    async fn delete(&self, id: &str) -> io::Result<()>;
     /// Ids of all temporary blobs.
-    fn temp_ids(&self) -> io::Result<Vec<String>>;
+    async fn temp_ids(&self) -> io::Result<Vec<String>>;
 }
 
 /// Blobs as files: `<root>/tmp/<id>` while uploading, `<root>/<id[..2]>/<id>` once published.
+/// File I/O blocks, so each call runs on tokio's blocking pool.
+#[derive(Clone)]
 pub struct LocalBlobStore {
     root: PathBuf,
 }
 
 /// Blob ids are server-made base64url strings; checking anyway keeps a bug elsewhere from
 /// turning into a path traversal.
-fn check_id(id: &str) -> io::Result<()> {
+pub fn check_id(id: &str) -> io::Result<()> {
     if id.len() >= 4
         && id.len() <= 64
         && id
@@ -75,8 +81,9 @@ impl LocalBlobStore {
     }
 }
 
-impl BlobStore for LocalBlobStore {
-    fn write_temp(&self, id: &str, offset: u64, data: &[u8]) -> io::Result<()> {
+/// The synchronous operations behind the trait.
+impl LocalBlobStore {
+    fn write_temp_sync(&self, id: &str, offset: u64, data: &[u8]) -> io::Result<()> {
         let mut options = OpenOptions::new();
         options.write(true).create(true).truncate(false);
         #[cfg(unix)]
@@ -99,7 +106,7 @@ impl BlobStore for LocalBlobStore {
         }
     }
 
-    fn seal_temp(&self, id: &str, size: u64) -> io::Result<()> {
+    fn seal_temp_sync(&self, id: &str, size: u64) -> io::Result<()> {
         let path = self.temp_path(id)?;
         let file = OpenOptions::new()
             .write(true)
@@ -111,7 +118,7 @@ impl BlobStore for LocalBlobStore {
         sync_dir(&self.root.join("tmp"))
     }
 
-    fn publish(&self, id: &str) -> io::Result<()> {
+    fn publish_sync(&self, id: &str) -> io::Result<()> {
         let from = self.temp_path(id)?;
         let to = self.blob_path(id)?;
         let dir = to.parent().expect("blob paths have a parent");
@@ -125,14 +132,14 @@ impl BlobStore for LocalBlobStore {
         sync_dir(&self.root.join("tmp"))
     }
 
-    fn discard_temp(&self, id: &str) -> io::Result<()> {
+    fn discard_temp_sync(&self, id: &str) -> io::Result<()> {
         match fs::remove_file(self.temp_path(id)?) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
     }
 
-    fn read(&self, id: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    fn read_sync(&self, id: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         let file = File::open(self.blob_path(id)?)?;
         let mut buf = vec![0u8; len];
         let mut filled = 0;
@@ -158,14 +165,14 @@ impl BlobStore for LocalBlobStore {
         Ok(buf)
     }
 
-    fn delete(&self, id: &str) -> io::Result<()> {
+    fn delete_sync(&self, id: &str) -> io::Result<()> {
         match fs::remove_file(self.blob_path(id)?) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
     }
 
-    fn temp_ids(&self) -> io::Result<Vec<String>> {
+    fn temp_ids_sync(&self) -> io::Result<Vec<String>> {
         let mut out = Vec::new();
         for entry in fs::read_dir(self.root.join("tmp"))? {
             if let Some(name) = entry?.file_name().to_str() {
@@ -173,6 +180,57 @@ impl BlobStore for LocalBlobStore {
             }
         }
         Ok(out)
+    }
+}
+
+/// Runs `f` on a clone of `store` in the blocking pool.
+async fn blocking<T: Send + 'static>(
+    store: &LocalBlobStore,
+    f: impl FnOnce(&LocalBlobStore) -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(io::Error::other)?
+}
+
+#[async_trait]
+impl BlobStore for LocalBlobStore {
+    async fn write_temp(&self, id: &str, offset: u64, data: Bytes) -> io::Result<()> {
+        let id = id.to_string();
+        blocking(self, move |s| s.write_temp_sync(&id, offset, &data)).await
+    }
+
+    async fn seal_temp(&self, id: &str, size: u64) -> io::Result<()> {
+        let id = id.to_string();
+        blocking(self, move |s| s.seal_temp_sync(&id, size)).await
+    }
+
+    async fn publish(&self, id: &str) -> io::Result<()> {
+        let id = id.to_string();
+        blocking(self, move |s| s.publish_sync(&id)).await
+    }
+
+    async fn discard_temp(&self, id: &str) -> io::Result<()> {
+        let id = id.to_string();
+        blocking(self, move |s| s.discard_temp_sync(&id)).await
+    }
+
+    async fn read(&self, id: &str, offset: u64, len: usize) -> io::Result<Bytes> {
+        let id = id.to_string();
+        blocking(self, move |s| {
+            s.read_sync(&id, offset, len).map(Bytes::from)
+        })
+        .await
+    }
+
+    async fn delete(&self, id: &str) -> io::Result<()> {
+        let id = id.to_string();
+        blocking(self, move |s| s.delete_sync(&id)).await
+    }
+
+    async fn temp_ids(&self) -> io::Result<Vec<String>> {
+        blocking(self, |s| s.temp_ids_sync()).await
     }
 }
 
@@ -189,31 +247,40 @@ mod tests {
         dir
     }
 
-    #[test]
-    fn temp_blob_is_unreadable_until_published() {
+    #[tokio::test]
+    async fn temp_blob_is_unreadable_until_published() {
         let dir = tempdir("publish");
         let store = LocalBlobStore::open(&dir).unwrap();
-        store.write_temp("abcdEF12", 5, b"world").unwrap();
-        store.write_temp("abcdEF12", 0, b"hello").unwrap();
-        assert!(store.read("abcdEF12", 0, 10).is_err());
-        store.seal_temp("abcdEF12", 10).unwrap();
-        store.publish("abcdEF12").unwrap();
-        store.publish("abcdEF12").unwrap();
-        assert_eq!(store.read("abcdEF12", 0, 100).unwrap(), b"helloworld");
-        assert_eq!(store.read("abcdEF12", 3, 4).unwrap(), b"lowo");
-        assert!(store.temp_ids().unwrap().is_empty());
-        store.delete("abcdEF12").unwrap();
-        assert!(store.read("abcdEF12", 0, 1).is_err());
+        let id = "abcdEF12";
+        store
+            .write_temp(id, 5, Bytes::from_static(b"world"))
+            .await
+            .unwrap();
+        store
+            .write_temp(id, 0, Bytes::from_static(b"hello"))
+            .await
+            .unwrap();
+        assert!(store.read(id, 0, 10).await.is_err());
+        assert_eq!(store.temp_ids().await.unwrap(), [id]);
+        store.seal_temp(id, 10).await.unwrap();
+        store.publish(id).await.unwrap();
+        store.publish(id).await.unwrap();
+        assert_eq!(&store.read(id, 0, 100).await.unwrap()[..], b"helloworld");
+        assert_eq!(&store.read(id, 3, 4).await.unwrap()[..], b"lowo");
+        assert!(store.temp_ids().await.unwrap().is_empty());
+        store.delete(id).await.unwrap();
+        assert!(store.read(id, 0, 1).await.is_err());
         fs::remove_dir_all(dir).unwrap();
     }
 
-    #[test]
-    fn ids_that_could_escape_are_refused() {
+    #[tokio::test]
+    async fn ids_that_could_escape_are_refused() {
         let dir = tempdir("ids");
         let store = LocalBlobStore::open(&dir).unwrap();
         for bad in ["../../etc/passwd", "a/b/c/d", "", "..", "ab"] {
-            assert!(store.write_temp(bad, 0, b"x").is_err(), "{bad}");
-            assert!(store.read(bad, 0, 1).is_err(), "{bad}");
+            let data = Bytes::from_static(b"x");
+            assert!(store.write_temp(bad, 0, data).await.is_err(), "{bad}");
+            assert!(store.read(bad, 0, 1).await.is_err(), "{bad}");
         }
         fs::remove_dir_all(dir).unwrap();
     }

@@ -8,8 +8,10 @@
 //! - [`sessions`]: session ids, `csid`/`tsid`, logout and the session list;
 //! - [`nodes`]: the file tree (`f`, `p`, `a`, `m`, `d`);
 //! - [`actions`]: the action-packet log, `sc` and its long-poll wait URL;
+//! - [`links`]: public file and folder links (`l`, `s2`, and reading through a link);
 //! - [`transfer`]: `u`/`g` and the upload and download HTTP endpoints;
 //! - [`blobs`]: where ciphertext lives ([`blobs::BlobStore`], a local directory by default);
+//! - [`s3`]: the same in an S3-compatible bucket;
 //! - [`store`], [`secret`], [`ratelimit`], [`errors`]: plumbing.
 
 pub mod accounts;
@@ -17,8 +19,10 @@ pub mod actions;
 pub mod api;
 pub mod blobs;
 pub mod errors;
+pub mod links;
 pub mod nodes;
 pub mod ratelimit;
+pub mod s3;
 pub mod secret;
 pub mod sessions;
 pub mod store;
@@ -59,6 +63,20 @@ pub struct ServerConfig {
     pub wait_timeout: Duration,
     /// How long an upload URL stays valid.
     pub upload_ttl: Duration,
+    /// Keep file content in this S3 bucket instead of `<data_dir>/blobs`.
+    pub s3: Option<S3Location>,
+}
+
+/// Where in S3 file content goes; endpoint, region and credentials come from the environment
+/// (see [`s3::S3BlobStore::open`]).
+#[derive(Debug, Clone, Default)]
+pub struct S3Location {
+    pub bucket: String,
+    /// Key prefix inside the bucket (may be empty), so several servers can share one bucket.
+    pub prefix: String,
+    /// `object_store` S3 settings (`aws_endpoint`, `aws_access_key_id`, …) that override the
+    /// environment's.
+    pub settings: Vec<(String, String)>,
 }
 
 impl ServerConfig {
@@ -73,6 +91,7 @@ impl ServerConfig {
             login_window: Duration::from_secs(300),
             wait_timeout: Duration::from_secs(60),
             upload_ttl: Duration::from_secs(24 * 3600),
+            s3: None,
         }
     }
 }
@@ -90,6 +109,8 @@ pub enum ServerError {
     Store { what: &'static str, detail: String },
     #[error("server task: {0}")]
     Task(String),
+    #[error(transparent)]
+    S3(#[from] s3::S3ConfigError),
 }
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
@@ -141,7 +162,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn open(config: ServerConfig) -> Result<AppState, ServerError> {
+    pub async fn open(config: ServerConfig) -> Result<AppState, ServerError> {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(io_error(format!(
             "creating data directory {}",
@@ -150,10 +171,13 @@ impl AppState {
         let secret =
             secret::Secret::load_or_create(dir).map_err(io_error("loading the server secret"))?;
         let store = open_store(&dir.join("meta"))?;
-        let blobs: Arc<dyn blobs::BlobStore> = Arc::new(
-            blobs::LocalBlobStore::open(&dir.join("blobs"))
-                .map_err(io_error("opening the blob store"))?,
-        );
+        let blobs: Arc<dyn blobs::BlobStore> = match &config.s3 {
+            Some(location) => Arc::new(s3::S3BlobStore::open(location)?),
+            None => Arc::new(
+                blobs::LocalBlobStore::open(&dir.join("blobs"))
+                    .map_err(io_error("opening the blob store"))?,
+            ),
+        };
         let state = AppState {
             limiter: ratelimit::LoginLimiter::new(config.login_failures, config.login_window),
             config,
@@ -165,6 +189,7 @@ impl AppState {
             replay: api::ReplayCache::default(),
         };
         transfer::discard_orphan_temps(&state)
+            .await
             .map_err(store_error("cleaning unfinished uploads"))?;
         Ok(state)
     }
@@ -251,7 +276,7 @@ impl RunningServer {
 /// Opens the data directory, binds `config.listen` and serves in the background.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let listen = config.listen;
-    let state = Arc::new(AppState::open(config)?);
+    let state = Arc::new(AppState::open(config).await?);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(io_error(format!("binding {listen}")))?;

@@ -105,7 +105,7 @@ pub fn load_node(state: &AppState, uh: &str, h: &str) -> ApiResult<Node> {
         .ok_or(ApiError::NotFound)
 }
 
-fn children(state: &AppState, uh: &str, parent: &str) -> ApiResult<Vec<String>> {
+pub fn children(state: &AppState, uh: &str, parent: &str) -> ApiResult<Vec<String>> {
     let prefix = keys::children(uh, parent);
     Ok(state
         .store
@@ -159,9 +159,11 @@ pub async fn fetch(ctx: &Ctx<'_>) -> ApiResult<Value> {
     // the listing and replayed by `sc`, which clients handle; the other order could lose it.
     let account = accounts::load(ctx.state, uh)?;
     let nodes = parents_first(all_nodes(ctx.state, uh)?);
+    let (ok, ph) = super::links::owner_lists(ctx, uh)?;
     Ok(json!({
         "f": nodes.iter().map(|n| n.wire(uh)).collect::<Vec<_>>(),
-        "ok": [],
+        "ok": ok,
+        "ph": ph,
         "s": [],
         "sn": actions::encode_sn(account.seq),
     }))
@@ -260,9 +262,9 @@ pub async fn put(ctx: &Ctx<'_>, cmd: &Map<String, Value>) -> ApiResult<Value> {
         transfer::discard_completed(state, &uploads).await?;
         return Err(ApiError::OverQuota);
     }
-    let ids: Vec<String> = uploads.iter().map(|(_, u)| u.id.clone()).collect();
-    let blobs = state.blobs.clone();
-    tokio::task::spawn_blocking(move || ids.iter().try_for_each(|id| blobs.publish(id))).await??;
+    for (_, upload) in &uploads {
+        state.blobs.publish(&upload.id).await?;
+    }
     let mut writes = Writes::new();
     for node in &created {
         put_node(&mut writes, &uh, node);
@@ -386,6 +388,7 @@ pub async fn delete(ctx: &Ctx<'_>, cmd: &Map<String, Value>) -> ApiResult<Value>
         }
         writes.remove(keys::node(&uh, &node.h));
         writes.remove(keys::child(&uh, &node.p, &node.h));
+        super::links::forget_node(ctx, &uh, &node.h, &mut writes)?;
         if let Some(blob) = &node.blob {
             blobs.push(blob.clone());
             freed += node.s.unwrap_or(0);
@@ -399,15 +402,11 @@ pub async fn delete(ctx: &Ctx<'_>, cmd: &Map<String, Value>) -> ApiResult<Value>
     drop(guard);
     state.notifier.notify(&uh, seq);
     // The nodes are gone for good; content removal failing only leaks disk space.
-    let store = state.blobs.clone();
-    tokio::task::spawn_blocking(move || {
-        for blob in blobs {
-            if let Err(e) = store.delete(&blob) {
-                tracing::warn!(blob, error = %e, "could not delete blob of a deleted node");
-            }
+    for blob in blobs {
+        if let Err(e) = state.blobs.delete(&blob).await {
+            tracing::warn!(blob, error = %e, "could not delete blob of a deleted node");
         }
-    })
-    .await?;
+    }
     Ok(json!(0))
 }
 

@@ -60,6 +60,31 @@ pub mod keys {
     pub fn confirmation(token: &str) -> Vec<u8> {
         format!("p/{token}").into_bytes()
     }
+    /// A public link: public handle → owner and node.
+    pub fn public_link(ph: &str) -> Vec<u8> {
+        format!("ph/{ph}").into_bytes()
+    }
+    /// A node's public handle, by owner and node.
+    pub fn export(uh: &str, h: &str) -> Vec<u8> {
+        format!("x/{uh}/{h}").into_bytes()
+    }
+    pub fn exports(uh: &str) -> Vec<u8> {
+        format!("x/{uh}/").into_bytes()
+    }
+    /// A shared folder's share key, wrapped by the owner's master key, and its handle auth.
+    pub fn share(uh: &str, h: &str) -> Vec<u8> {
+        format!("sh/{uh}/{h}").into_bytes()
+    }
+    pub fn shares(uh: &str) -> Vec<u8> {
+        format!("sh/{uh}/").into_bytes()
+    }
+    /// A node key wrapped by the share key of the shared folder `root` above it.
+    pub fn share_key(uh: &str, root: &str, h: &str) -> Vec<u8> {
+        format!("sk/{uh}/{root}/{h}").into_bytes()
+    }
+    pub fn share_keys(uh: &str, root: &str) -> Vec<u8> {
+        format!("sk/{uh}/{root}/").into_bytes()
+    }
 }
 
 /// A batch of writes applied atomically by [`Store::apply`].

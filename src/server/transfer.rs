@@ -123,16 +123,15 @@ pub async fn discard_completed(
         writes.remove(keys::upload(token));
     }
     state.store.apply(writes).await?;
-    let ids: Vec<String> = uploads.iter().map(|(_, u)| u.id.clone()).collect();
-    let blobs = state.blobs.clone();
-    tokio::task::spawn_blocking(move || ids.iter().try_for_each(|id| blobs.discard_temp(id)))
-        .await??;
+    for (_, upload) in uploads {
+        state.blobs.discard_temp(&upload.id).await?;
+    }
     Ok(())
 }
 
 /// At startup: removes temporary blobs no completed upload refers to (uploads cut by the
 /// restart) and completed uploads never turned into nodes within the upload lifetime.
-pub fn discard_orphan_temps(state: &AppState) -> ApiResult<()> {
+pub async fn discard_orphan_temps(state: &AppState) -> ApiResult<()> {
     let ttl = state.config.upload_ttl.as_secs() as i64;
     let mut keep = std::collections::HashSet::new();
     let mut writes = Writes::new();
@@ -144,9 +143,9 @@ pub fn discard_orphan_temps(state: &AppState) -> ApiResult<()> {
         }
     }
     state.store.apply_lazy(writes)?;
-    for id in state.blobs.temp_ids()? {
+    for id in state.blobs.temp_ids().await? {
         if !keep.contains(&id) {
-            state.blobs.discard_temp(&id)?;
+            state.blobs.discard_temp(&id).await?;
         }
     }
     Ok(())
@@ -211,9 +210,10 @@ pub async fn upload_url(ctx: &Ctx<'_>, cmd: &Map<String, Value>) -> ApiResult<Va
     };
     if !expired.is_empty() {
         let blobs = ctx.state.blobs.clone();
-        tokio::task::spawn_blocking(move || {
+        // In the background: the client waits for its URL, not for someone else's cleanup.
+        tokio::spawn(async move {
             for id in expired {
-                let _ = blobs.discard_temp(&id);
+                let _ = blobs.discard_temp(&id).await;
             }
         });
     }
@@ -292,14 +292,10 @@ pub async fn upload_chunk(
     {
         return upload_error(ApiError::Key);
     }
-    if !data.is_empty() {
-        let blobs = state.blobs.clone();
-        let blob_id = id.clone();
-        match tokio::task::spawn_blocking(move || blobs.write_temp(&blob_id, offset, &data)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return upload_error(e.into()),
-            Err(e) => return upload_error(e.into()),
-        }
+    if !data.is_empty()
+        && let Err(e) = state.blobs.write_temp(&id, offset, data).await
+    {
+        return upload_error(e.into());
     }
     let finish = {
         let mut map = state.uploads.map.lock().unwrap_or_else(|p| p.into_inner());
@@ -354,9 +350,7 @@ async fn complete(
     size: u64,
     binary: bool,
 ) -> ApiResult<Bytes> {
-    let blobs = state.blobs.clone();
-    let blob_id = id.to_string();
-    tokio::task::spawn_blocking(move || blobs.seal_temp(&blob_id, size)).await??;
+    state.blobs.seal_temp(id, size).await?;
     let (body, key) = if binary {
         let mut raw = crate::crypto::random_array::<36>();
         raw[35] = 1;
@@ -417,18 +411,32 @@ pub async fn download_url(ctx: &Ctx<'_>, cmd: &Map<String, Value>) -> ApiResult<
     if node.t != TYPE_FILE {
         return Err(ApiError::Args);
     }
+    download_answer(ctx, cmd, uh, &node, true)
+}
+
+/// The `g` answer for file `node` of account `uh`: size and encrypted attributes, and the
+/// download URL when `with_url` (megajs asks a file link's attributes without one).
+pub fn download_answer(
+    ctx: &Ctx<'_>,
+    cmd: &Map<String, Value>,
+    uh: &str,
+    node: &nodes::Node,
+    with_url: bool,
+) -> ApiResult<Value> {
     let ssl = u64_arg(cmd, "ssl", Some(0))?;
     let base = if ssl >= 2 {
         force_https(&ctx.base_url)
     } else {
         ctx.base_url.clone()
     };
-    let token = download_token(ctx.state, uh, &node.h, now() + DOWNLOAD_TTL_SECS);
     let mut out = json!({
-        "g": format!("{base}dl/{token}"),
         "s": node.s.unwrap_or(0),
         "at": node.a,
     });
+    if with_url {
+        let token = download_token(ctx.state, uh, &node.h, now() + DOWNLOAD_TTL_SECS);
+        out["g"] = json!(format!("{base}dl/{token}"));
+    }
     if let Some(fa) = &node.fa {
         out["fa"] = json!(fa);
     }
@@ -496,10 +504,9 @@ async fn serve_download(state: &Arc<AppState>, token: &str, range: Option<(u64, 
                 return None;
             }
             let want = left.min(READ_PIECE as u64) as usize;
-            let read = tokio::task::spawn_blocking(move || blobs.read(&blob, pos, want)).await;
-            let piece = match read {
-                Ok(Ok(piece)) if !piece.is_empty() => piece,
-                Ok(Ok(_)) => {
+            let piece = match blobs.read(&blob, pos, want).await {
+                Ok(piece) if !piece.is_empty() => piece,
+                Ok(_) => {
                     return Some((
                         Err(std::io::Error::new(
                             std::io::ErrorKind::UnexpectedEof,
@@ -508,11 +515,10 @@ async fn serve_download(state: &Arc<AppState>, token: &str, range: Option<(u64, 
                         (pos, 0),
                     ));
                 }
-                Ok(Err(e)) => return Some((Err(e), (pos, 0))),
-                Err(e) => return Some((Err(std::io::Error::other(e)), (pos, 0))),
+                Err(e) => return Some((Err(e), (pos, 0))),
             };
             let n = piece.len() as u64;
-            Some((Ok(Bytes::from(piece)), (pos + n, left - n)))
+            Some((Ok(piece), (pos + n, left - n)))
         }
     });
     let mut response = Response::new(Body::from_stream(stream));
