@@ -50,6 +50,9 @@ pub struct MountArgs {
     /// when no saved session exists.
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// A current two-factor code, for accounts with 2FA (only needed when logging in).
+    #[arg(long, value_name = "CODE")]
+    pub mfa_code: Option<String>,
     /// Storage backend (mega; filen is coming).
     #[arg(long, default_value = "mega")]
     pub backend: String,
@@ -353,7 +356,7 @@ async fn saved_or_new_session(
     let credentials = Credentials {
         email: email.to_string(),
         password,
-        mfa_code: None,
+        mfa_code: args.mfa_code.clone(),
     };
     let client = MegaClient::login(server, &credentials, RetryPolicy::default(), options)
         .await
