@@ -341,3 +341,36 @@ fn another_clients_change_appears_in_the_mount() {
     }
     let _ = SystemTime::now().duration_since(UNIX_EPOCH);
 }
+
+#[test]
+fn a_session_ended_by_the_server_is_renewed_with_the_password() {
+    let mut f = MountFixture::new();
+    fs::write(f.path("before"), b"1").unwrap();
+    // Another login ends every other session of the account, the mount's included.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let credentials = veilfs::mega::session::Credentials {
+            email: f.email.clone(),
+            password: zeroize::Zeroizing::new(common::mount::PASSWORD.to_string()),
+            mfa_code: None,
+        };
+        let other = veilfs::mega::MegaClient::login(
+            &f.url,
+            &credentials,
+            veilfs::retry::RetryPolicy::quick(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        other
+            .api()
+            .call(serde_json::json!({"a": "usr", "ko": 1}))
+            .await
+            .unwrap();
+    });
+    fs::create_dir(f.path("after")).unwrap();
+    fs::write(f.path("after/file"), b"2").unwrap();
+    f.remount();
+    assert_eq!(fs::read(f.path("after/file")).unwrap(), b"2");
+    assert_eq!(fs::read(f.path("before")).unwrap(), b"1");
+}

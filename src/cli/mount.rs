@@ -276,7 +276,7 @@ async fn prepare(
     let options = TransferOptions {
         force_https: args.force_https,
     };
-    let (client, server, account_id) = match &args.server {
+    let (client, credentials, server, account_id) = match &args.server {
         Some(url) => {
             let email = args
                 .email
@@ -284,12 +284,20 @@ async fn prepare(
                 .context("--email is required with --server")?;
             let client = saved_or_new_session(url, &email, args, options).await?;
             let id = format!("{url}|{}", client.session().user_handle);
-            (client, None, id)
+            // With a password at hand, an ended session is renewed instead of failing.
+            let credentials = super::signup::read_password(args.password_file.as_deref())
+                .ok()
+                .map(|password| Credentials {
+                    email,
+                    password,
+                    mfa_code: None,
+                });
+            (client, credentials, None, id)
         }
         None => {
-            let (client, server) = embedded(args, options).await?;
+            let (client, credentials, server) = embedded(args, options).await?;
             let id = format!("embedded|{}", client.session().user_handle);
-            (client, Some(server), id)
+            (client, Some(credentials), Some(server), id)
         }
     };
     let digest = Sha256::digest(account_id.as_bytes());
@@ -317,7 +325,13 @@ async fn prepare(
         read_only: args.read_only,
         ..VfsConfig::default()
     };
-    let vfs = Vfs::new(Arc::new(MegaRemote::new(client)), tree, cache, wb, config);
+    let vfs = Vfs::new(
+        Arc::new(MegaRemote::new(client, credentials)),
+        tree,
+        cache,
+        wb,
+        config,
+    );
     vfs.start().await.context("loading the drive")?;
     Ok((vfs, server))
 }
@@ -372,7 +386,7 @@ async fn saved_or_new_session(
 async fn embedded(
     args: &MountArgs,
     options: TransferOptions,
-) -> anyhow::Result<(MegaClient, crate::server::RunningServer)> {
+) -> anyhow::Result<(MegaClient, Credentials, crate::server::RunningServer)> {
     let data = args.embedded_data.clone().unwrap_or_else(|| {
         xdg("XDG_DATA_HOME", ".local/share")
             .join("veilfs")
@@ -405,7 +419,7 @@ async fn embedded(
     let client = MegaClient::login(&url, &credentials, RetryPolicy::default(), options)
         .await
         .context("logging in to the embedded server")?;
-    Ok((client, server))
+    Ok((client, credentials, server))
 }
 
 /// Whether process `pid` is alive (a zombie, exited but not yet reaped by its parent, is not).

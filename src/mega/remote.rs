@@ -25,6 +25,7 @@ use super::client::MegaClient;
 use super::error::{ErrorCode, MegaError};
 use super::fingerprint;
 use super::nodes::{DecryptedNode, NodeKey};
+use super::session::{Credentials, Session};
 use super::wire::{self, WireNode};
 use crate::cache::ContentId;
 use crate::crypto::mega as mc;
@@ -48,13 +49,44 @@ pub struct MegaUpload {
 pub struct MegaRemote {
     client: MegaClient,
     urls: Mutex<HashMap<Handle, (String, Instant)>>,
+    /// Kept (zeroized on drop) when the mount has the password, to log in again when the
+    /// server ends the session (`-15`).
+    credentials: Option<Credentials>,
+    relogin: tokio::sync::Mutex<()>,
 }
 
 impl MegaRemote {
-    pub fn new(client: MegaClient) -> Self {
+    pub fn new(client: MegaClient, credentials: Option<Credentials>) -> Self {
         MegaRemote {
             client,
             urls: Mutex::new(HashMap::new()),
+            credentials,
+            relogin: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Runs one client call; when the server says the session is gone (`-15`) and we hold the
+    /// password, logs in again and repeats the call once.
+    async fn call<T, F, Fut>(&self, f: F) -> std::result::Result<T, MegaError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, MegaError>>,
+    {
+        match f().await {
+            Err(MegaError::Api(ErrorCode::Session)) if self.credentials.is_some() => {
+                let sid_before = self.client.api().session();
+                let _one_at_a_time = self.relogin.lock().await;
+                // Another call may have logged in again while we waited.
+                if self.client.api().session() == sid_before {
+                    tracing::warn!("the server ended our session; logging in again");
+                    let credentials = self.credentials.as_ref().expect("checked above");
+                    // The dead sid must not ride along on the login requests.
+                    self.client.api().set_session(None);
+                    Session::login(self.client.api(), credentials).await?;
+                }
+                f().await
+            }
+            other => other,
         }
     }
 
@@ -70,7 +102,10 @@ impl MegaRemote {
             return Ok(url);
         }
         let h = mega_handle(handle)?;
-        let info = self.client.download_info(&h).await.map_err(remote_error)?;
+        let info = self
+            .call(|| self.client.download_info(&h))
+            .await
+            .map_err(remote_error)?;
         self.urls
             .lock()
             .insert(handle, (info.url.clone(), Instant::now()));
@@ -141,12 +176,15 @@ impl MegaRemote {
 
 impl Remote for MegaRemote {
     async fn snapshot(&self) -> Result<(Vec<Node>, Option<String>)> {
-        let (nodes, sn) = self.client.fetch_tree().await.map_err(remote_error)?;
+        let (nodes, sn) = self
+            .call(|| self.client.fetch_tree())
+            .await
+            .map_err(remote_error)?;
         Ok((nodes.into_iter().filter_map(to_tree_node).collect(), sn))
     }
 
     async fn poll(&self, seq: &str, lookup: Lookup<'_>) -> Result<Polled> {
-        let answer = match self.client.poll_actions(seq).await {
+        let answer = match self.call(|| self.client.poll_actions(seq)).await {
             Ok(answer) => answer,
             Err(MegaError::Api(ErrorCode::Expired | ErrorCode::TooMany | ErrorCode::Args)) => {
                 return Err(RemoteError::Reload);
@@ -168,7 +206,10 @@ impl Remote for MegaRemote {
     async fn mkdir(&self, parent: &Node, meta: &Meta) -> Result<Node> {
         let attrs = attributes(&Map::new(), meta, None);
         let p = mega_handle(parent.handle)?;
-        let node = self.client.mkdir(&p, &attrs).await.map_err(remote_error)?;
+        let node = self
+            .call(|| self.client.mkdir(&p, &attrs))
+            .await
+            .map_err(remote_error)?;
         to_tree_node(node).ok_or_else(|| RemoteError::Other("the new folder has no handle".into()))
     }
 
@@ -181,8 +222,7 @@ impl Remote for MegaRemote {
             fingerprint::fingerprint(&f, size, mtime_ns.div_euclid(1_000_000_000))?
         };
         let (key, data) = self
-            .client
-            .upload_data(file, |_| {})
+            .call(|| self.client.upload_data(file, |_| {}))
             .await
             .map_err(remote_error)?;
         Ok(MegaUpload {
@@ -211,8 +251,15 @@ impl Remote for MegaRemote {
         let p = mega_handle(parent.handle)?;
         let old = replaces.map(|n| mega_handle(n.handle)).transpose()?;
         let node = self
-            .client
-            .commit_upload(&p, upload.key, &upload.data, &attrs, old.as_deref())
+            .call(|| {
+                self.client.commit_upload(
+                    &p,
+                    upload.key.clone(),
+                    &upload.data,
+                    &attrs,
+                    old.as_deref(),
+                )
+            })
             .await
             .map_err(remote_error)?;
         if let Some(old) = replaces {
@@ -225,8 +272,7 @@ impl Remote for MegaRemote {
         let key = node_key(node)?;
         let attrs = attributes(&node.attrs, meta, None);
         let h = mega_handle(node.handle)?;
-        self.client
-            .set_attributes(&h, &key, &attrs)
+        self.call(|| self.client.set_attributes(&h, &key, &attrs))
             .await
             .map_err(remote_error)?;
         let mut updated = node.clone();
@@ -236,7 +282,9 @@ impl Remote for MegaRemote {
 
     async fn move_to(&self, node: &Node, parent: &Node) -> Result<Node> {
         let (h, p) = (mega_handle(node.handle)?, mega_handle(parent.handle)?);
-        self.client.move_node(&h, &p).await.map_err(remote_error)?;
+        self.call(|| self.client.move_node(&h, &p))
+            .await
+            .map_err(remote_error)?;
         let mut moved = node.clone();
         moved.parent = Some(parent.handle);
         Ok(moved)
@@ -245,11 +293,16 @@ impl Remote for MegaRemote {
     async fn delete(&self, node: &Node) -> Result<()> {
         let h = mega_handle(node.handle)?;
         self.urls.lock().remove(&node.handle);
-        self.client.delete(&h).await.map_err(remote_error)
+        self.call(|| self.client.delete(&h))
+            .await
+            .map_err(remote_error)
     }
 
     async fn quota(&self) -> Result<Quota> {
-        let q = self.client.quota().await.map_err(remote_error)?;
+        let q = self
+            .call(|| self.client.quota())
+            .await
+            .map_err(remote_error)?;
         Ok(Quota {
             used: q.used,
             total: q.total,
