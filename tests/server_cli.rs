@@ -3,10 +3,11 @@
 //! in after a restart of the server process, and a SIGKILL in the middle of an upload loses
 //! nothing acknowledged and leaves nothing half-written visible.
 
+mod common;
+
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 use veilfs::crypto::mega::{b64_decode, b64_encode, derive_v2};
 
@@ -21,31 +22,7 @@ fn temp_dir() -> PathBuf {
     dir
 }
 
-/// Starts `veilfs serve` on a free port and returns the child and the URL it printed.
-fn serve(data: &Path) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--data"])
-        .arg(data)
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("veilfs serve: listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    assert!(
-        url.starts_with("http://127.0.0.1:") && url.ends_with('/'),
-        "{url}"
-    );
-    (child, url)
-}
+use common::mount::serve;
 
 /// Sends SIGTERM to the server we started and waits for a clean exit.
 fn stop(mut child: Child) {

@@ -378,33 +378,20 @@ async fn chunk_boundary_files_ranges_and_aborted_upload_on_garage() {
 /// the standard `AWS_*` variables, with plain http allowed because the endpoint is loopback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_binary_reads_s3_settings_from_the_environment() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     let Some(garage) = garage() else { return };
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("cli-{}", hex::encode(veilfs::crypto::random_array::<6>()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_veilfs"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_veilfs"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(dir.path())
         .args(["--s3-bucket", &garage.bucket, "--s3-prefix", &prefix])
         .env("AWS_ENDPOINT_URL", &garage.endpoint)
         .env("AWS_REGION", &garage.region)
         .env("AWS_ACCESS_KEY_ID", &garage.key_id)
         .env("AWS_SECRET_ACCESS_KEY", &garage.secret)
-        .env_remove("AWS_ALLOW_HTTP")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("veilfs serve: listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
+        .env_remove("AWS_ALLOW_HTTP");
+    let (mut child, url) = common::mount::spawn_serve(cmd);
     veilfs::mega::signup::create_account(&url, EMAIL, PASSWORD, "cli")
         .await
         .unwrap();

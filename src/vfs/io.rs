@@ -18,7 +18,7 @@ use crate::tree::Node;
 use crate::writeback::Entry;
 
 /// The most one fetch asks the server for at once.
-const MAX_FETCH: u64 = 16 * 1024 * 1024;
+const MAX_FETCH: u64 = 4 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub(super) enum FetchFailure {

@@ -93,7 +93,7 @@ impl Default for VfsConfig {
             uid: 0,
             gid: 0,
             read_only: false,
-            read_ahead: 8 * 1024 * 1024,
+            read_ahead: 32 * 1024 * 1024,
             upload_workers: 4,
         }
     }
@@ -378,17 +378,39 @@ impl<R: Remote> Vfs<R> {
         Ok(remote.into_owned())
     }
 
+    /// The folder node and the metadata of a new entry `name` in it.
+    fn new_entry(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: Option<u32>,
+        symlink: Option<&str>,
+    ) -> Result<(Node, Meta)> {
+        let meta = Meta {
+            name: self.check_new_name(parent, name)?,
+            mode: mode.map(|m| m & 0o7777),
+            mtime_ns: now_ns(),
+            symlink: symlink.map(str::to_owned),
+        };
+        Ok((self.dir_node(parent)?, meta))
+    }
+
+    /// Uploads staging file `id` as a new file under `parent`.
+    async fn upload_new(&self, parent: &Node, meta: &Meta, id: u64) -> Result<Node> {
+        let upload = self
+            .remote
+            .upload_content(&self.wb.path_of(id), meta.mtime_ns)
+            .await?;
+        Ok(self
+            .remote
+            .commit_upload(parent, meta, upload, None)
+            .await?)
+    }
+
     pub async fn mkdir(&self, parent: u64, name: &str, mode: u32) -> Result<Stat> {
         self.writable()?;
         let _ns = self.ns.lock().await;
-        let remote_name = self.check_new_name(parent, name)?;
-        let p = self.dir_node(parent)?;
-        let meta = Meta {
-            name: remote_name,
-            mode: Some(mode & 0o7777),
-            mtime_ns: now_ns(),
-            symlink: None,
-        };
+        let (p, meta) = self.new_entry(parent, name, Some(mode), None)?;
         let node = self.remote.mkdir(&p, &meta).await?;
         let handle = node.handle;
         self.apply(vec![Change::Upsert(node)])?;
@@ -398,26 +420,13 @@ impl<R: Remote> Vfs<R> {
     pub async fn symlink(&self, parent: u64, name: &str, target: &str) -> Result<Stat> {
         self.writable()?;
         let _ns = self.ns.lock().await;
-        let remote_name = self.check_new_name(parent, name)?;
-        let p = self.dir_node(parent)?;
+        let (p, meta) = self.new_entry(parent, name, None, Some(target))?;
         // The link's content is its target, so other MEGA clients see a small file holding it.
         let (id, file) = self.wb.create()?;
-        let written = std::os::unix::fs::FileExt::write_all_at(&file, target.as_bytes(), 0);
-        let meta = Meta {
-            name: remote_name,
-            mode: None,
-            mtime_ns: now_ns(),
-            symlink: Some(target.to_string()),
+        let result = match std::os::unix::fs::FileExt::write_all_at(&file, target.as_bytes(), 0) {
+            Ok(()) => self.upload_new(&p, &meta, id).await,
+            Err(e) => Err(e.into()),
         };
-        let result = async {
-            written?;
-            let upload = self
-                .remote
-                .upload_content(&self.wb.path_of(id), meta.mtime_ns)
-                .await?;
-            Ok::<_, VfsError>(self.remote.commit_upload(&p, &meta, upload, None).await?)
-        }
-        .await;
         self.wb.discard(id);
         let node = result?;
         let handle = node.handle;
@@ -429,26 +438,12 @@ impl<R: Remote> Vfs<R> {
     pub async fn create(&self, parent: u64, name: &str, mode: u32) -> Result<(Stat, u64)> {
         self.writable()?;
         let _ns = self.ns.lock().await;
-        let remote_name = self.check_new_name(parent, name)?;
-        let p = self.dir_node(parent)?;
-        let meta = Meta {
-            name: remote_name,
-            mode: Some(mode & 0o7777),
-            mtime_ns: now_ns(),
-            symlink: None,
-        };
+        let (p, meta) = self.new_entry(parent, name, Some(mode), None)?;
         // The node exists on the server from the start (empty), so the file has a handle, an
         // inode and a place in its folder that every other operation can use at once; its
         // content replaces it when written and closed.
         let (id, file) = self.wb.create()?;
-        let result = async {
-            let upload = self
-                .remote
-                .upload_content(&self.wb.path_of(id), meta.mtime_ns)
-                .await?;
-            Ok::<_, VfsError>(self.remote.commit_upload(&p, &meta, upload, None).await?)
-        }
-        .await;
+        let result = self.upload_new(&p, &meta, id).await;
         let node = match result {
             Ok(node) => node,
             Err(e) => {

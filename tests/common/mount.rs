@@ -210,10 +210,17 @@ pub fn is_mounted(path: &Path) -> bool {
 
 /// Starts `veilfs serve` on a free port; returns the child and its URL.
 pub fn serve(data: &Path) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--data"])
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--data"])
         .arg(data)
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0"]);
+    spawn_serve(cmd)
+}
+
+/// Runs a prepared `veilfs serve` command and returns the child and the URL its first line
+/// announces.
+pub fn spawn_serve(mut cmd: Command) -> (Child, String) {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -227,6 +234,10 @@ pub fn serve(data: &Path) -> (Child, String) {
         .strip_prefix("veilfs serve: listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_string();
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.ends_with('/'),
+        "{url}"
+    );
     (child, url)
 }
 
