@@ -67,6 +67,20 @@ fn fail(op: &str, e: &VfsError) -> Errno {
     errno
 }
 
+fn reply_entry(op: &str, reply: ReplyEntry, result: Result<Stat, VfsError>) {
+    match result {
+        Ok(st) => reply.entry(&TTL, &attr(&st), Generation(0)),
+        Err(e) => reply.error(fail(op, &e)),
+    }
+}
+
+fn reply_empty(op: &str, reply: ReplyEmpty, result: Result<(), VfsError>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(fail(op, &e)),
+    }
+}
+
 fn system_time(ns: i64) -> SystemTime {
     if ns >= 0 {
         UNIX_EPOCH + Duration::from_nanos(ns as u64)
@@ -129,11 +143,11 @@ impl<R: Remote> Filesystem for FuseFs<R> {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_of(name);
-        let result = name.and_then(|n| self.vfs.lookup(parent.0, &n));
-        match result {
-            Ok(st) => reply.entry(&TTL, &attr(&st), Generation(0)),
-            Err(e) => reply.error(fail("lookup", &e)),
-        }
+        reply_entry(
+            "lookup",
+            reply,
+            name.and_then(|n| self.vfs.lookup(parent.0, &n)),
+        );
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -221,10 +235,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
                 Ok(n) => vfs.mkdir(parent.0, &n, mode & !umask).await,
                 Err(e) => Err(e),
             };
-            match result {
-                Ok(st) => reply.entry(&TTL, &attr(&st), Generation(0)),
-                Err(e) => reply.error(fail("mkdir", &e)),
-            }
+            reply_entry("mkdir", reply, result);
         });
     }
 
@@ -235,10 +246,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
                 Ok(n) => vfs.unlink(parent.0, &n).await,
                 Err(e) => Err(e),
             };
-            match result {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("unlink", &e)),
-            }
+            reply_empty("unlink", reply, result);
         });
     }
 
@@ -249,10 +257,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
                 Ok(n) => vfs.rmdir(parent.0, &n).await,
                 Err(e) => Err(e),
             };
-            match result {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("rmdir", &e)),
-            }
+            reply_empty("rmdir", reply, result);
         });
     }
 
@@ -271,10 +276,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
                 (Ok(n), Ok(t)) => vfs.symlink(parent.0, &n, &t).await,
                 (Err(e), _) | (_, Err(e)) => Err(e),
             };
-            match result {
-                Ok(st) => reply.entry(&TTL, &attr(&st), Generation(0)),
-                Err(e) => reply.error(fail("symlink", &e)),
-            }
+            reply_entry("symlink", reply, result);
         });
     }
 
@@ -302,10 +304,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
                 (Ok(a), Ok(b)) => vfs.rename(parent.0, &a, newparent.0, &b, no_replace).await,
                 (Err(e), _) | (_, Err(e)) => Err(e),
             };
-            match result {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("rename", &e)),
-            }
+            reply_empty("rename", reply, result);
         });
     }
 
@@ -386,10 +385,11 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         reply: ReplyEmpty,
     ) {
         self.run("flush", move |vfs| async move {
-            match tokio::task::block_in_place(|| vfs.flush(fh.0)) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("flush", &e)),
-            }
+            reply_empty(
+                "flush",
+                reply,
+                tokio::task::block_in_place(|| vfs.flush(fh.0)),
+            );
         });
     }
 
@@ -404,19 +404,21 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         reply: ReplyEmpty,
     ) {
         self.run("release", move |vfs| async move {
-            match tokio::task::block_in_place(|| vfs.release(fh.0)) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("release", &e)),
-            }
+            reply_empty(
+                "release",
+                reply,
+                tokio::task::block_in_place(|| vfs.release(fh.0)),
+            );
         });
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
         self.run("fsync", move |vfs| async move {
-            match tokio::task::block_in_place(|| vfs.flush(fh.0)) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("fsync", &e)),
-            }
+            reply_empty(
+                "fsync",
+                reply,
+                tokio::task::block_in_place(|| vfs.flush(fh.0)),
+            );
         });
     }
 
