@@ -138,6 +138,10 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         let _ = config.set_max_write(1024 * 1024);
         let _ = config.set_max_readahead(1024 * 1024);
         let _ = config.set_max_background(64);
+        // O_TRUNC arrives with `open` instead of as a later `setattr(size 0)`: otherwise an
+        // overwrite first downloads the content it is about to discard, and fails while the
+        // server is unreachable instead of being journaled.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC);
         Ok(())
     }
 

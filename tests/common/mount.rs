@@ -16,14 +16,26 @@ pub struct MountFixture {
     pub url: String,
     pub email: String,
     pub mnt: PathBuf,
-    server: Child,
+    /// `None` while stopped by [`MountFixture::stop_server`].
+    server: Option<Child>,
     daemon: Option<Child>,
     mounts: u32,
+    cache_dir: Option<PathBuf>,
 }
 
 impl MountFixture {
     /// A server with one account, mounted.
     pub fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// Like [`MountFixture::new`], with the mount's local state in `cache_dir` (a small tmpfs,
+    /// say) instead of inside the fixture.
+    pub fn with_cache_dir(cache_dir: PathBuf) -> Self {
+        Self::build(Some(cache_dir))
+    }
+
+    fn build(cache_dir: Option<PathBuf>) -> Self {
         let root = tempfile::Builder::new()
             .prefix("veilfs-mount-")
             .tempdir()
@@ -41,9 +53,10 @@ impl MountFixture {
             url,
             email,
             mnt,
-            server,
+            server: Some(server),
             daemon: None,
             mounts: 0,
+            cache_dir,
         };
         let out = f
             .command()
@@ -80,7 +93,40 @@ impl MountFixture {
     }
 
     pub fn cache_dir(&self) -> PathBuf {
-        self.root.path().join("cache")
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(|| self.root.path().join("cache"))
+    }
+
+    /// Kills the `veilfs serve` process (SIGKILL: a crash, not a clean stop).
+    pub fn stop_server(&mut self) {
+        let mut server = self.server.take().expect("server running");
+        server.kill().unwrap();
+        server.wait().unwrap();
+    }
+
+    /// Starts the server again on the same data directory and port, so the mount's URL and
+    /// session stay valid.
+    pub fn start_server(&mut self) {
+        assert!(self.server.is_none(), "server already running");
+        let addr = self
+            .url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        // The port was just released; binding it again may need a moment.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match try_serve(&self.server_data(), &addr) {
+                Ok((child, url)) => {
+                    assert_eq!(url, self.url);
+                    self.server = Some(child);
+                    return;
+                }
+                Err(e) => assert!(Instant::now() < deadline, "server restart: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn server_data(&self) -> PathBuf {
@@ -185,8 +231,10 @@ impl Drop for MountFixture {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = self.server.kill();
-        let _ = self.server.wait();
+        if let Some(mut server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
     }
 }
 
@@ -210,16 +258,25 @@ pub fn is_mounted(path: &Path) -> bool {
 
 /// Starts `veilfs serve` on a free port; returns the child and its URL.
 pub fn serve(data: &Path) -> (Child, String) {
+    try_serve(data, "127.0.0.1:0").unwrap()
+}
+
+/// Starts `veilfs serve` listening on `addr`; fails when it exits instead of listening.
+fn try_serve(data: &Path, addr: &str) -> Result<(Child, String), String> {
     let mut cmd = Command::new(BIN);
     cmd.args(["serve", "--data"])
         .arg(data)
-        .args(["--listen", "127.0.0.1:0"]);
-    spawn_serve(cmd)
+        .args(["--listen", addr]);
+    try_spawn_serve(cmd)
 }
 
 /// Runs a prepared `veilfs serve` command and returns the child and the URL its first line
 /// announces.
-pub fn spawn_serve(mut cmd: Command) -> (Child, String) {
+pub fn spawn_serve(cmd: Command) -> (Child, String) {
+    try_spawn_serve(cmd).unwrap()
+}
+
+fn try_spawn_serve(mut cmd: Command) -> Result<(Child, String), String> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -229,16 +286,13 @@ pub fn spawn_serve(mut cmd: Command) -> (Child, String) {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("veilfs serve: listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    assert!(
-        url.starts_with("http://127.0.0.1:") && url.ends_with('/'),
-        "{url}"
-    );
-    (child, url)
+    match line.trim().strip_prefix("veilfs serve: listening on ") {
+        Some(url) => Ok((child, url.to_string())),
+        None => {
+            let status = child.wait().unwrap();
+            Err(format!("serve exited ({status}) after printing {line:?}"))
+        }
+    }
 }
 
 /// Deterministic test content.
