@@ -17,6 +17,7 @@ pub fn errno_of(e: &VfsError) -> Errno {
         VfsError::NotPermitted(_) => Errno::EPERM,
         VfsError::Access => Errno::EACCES,
         VfsError::NotSupported(_) => Errno::ENOTSUP,
+        VfsError::Stale => Errno::ESTALE,
         VfsError::BadHandle => Errno::EBADF,
         VfsError::Integrity => Errno::EIO,
         VfsError::Remote(r) => match r {

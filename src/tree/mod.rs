@@ -989,6 +989,11 @@ impl Tree {
         }
     }
 
+    /// Whether `ino` is a node of the tree now (not one deleted but still held by the kernel).
+    pub fn is_live(&self, ino: u64) -> bool {
+        self.entries.get(&ino).is_some_and(|e| !e.deleted)
+    }
+
     /// Kernel references currently counted.
     pub fn lookup_count(&self, ino: u64) -> u64 {
         self.entries

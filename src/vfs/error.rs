@@ -31,6 +31,10 @@ pub enum VfsError {
     Access,
     #[error("not supported: {0}")]
     NotSupported(&'static str),
+    /// The inode was removed between the kernel's lookup and this request, and nothing of it
+    /// is kept: the kernel repeats the lookup once (ESTALE), finding what the name holds now.
+    #[error("stale file handle")]
+    Stale,
     #[error("bad file handle")]
     BadHandle,
     /// Content failed its integrity check: never serve it.

@@ -23,6 +23,8 @@ const MAX_FETCH: u64 = 4 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub(super) enum FetchFailure {
     Integrity,
+    /// The node is gone from the server (replaced or deleted meanwhile).
+    Gone,
     Access,
     Failed(Arc<str>),
 }
@@ -31,6 +33,7 @@ impl From<FetchFailure> for VfsError {
     fn from(f: FetchFailure) -> Self {
         match f {
             FetchFailure::Integrity => VfsError::Integrity,
+            FetchFailure::Gone => VfsError::Remote(RemoteError::NotFound),
             FetchFailure::Access => VfsError::Access,
             FetchFailure::Failed(msg) => {
                 VfsError::Remote(RemoteError::Unavailable(msg.to_string()))
@@ -92,17 +95,56 @@ impl<R: Remote> Vfs<R> {
         }
         if write {
             self.writable()?;
+        }
+        // The handle exists before the file is checked, so a removal racing with this open
+        // either sees it or is seen (see `Vfs::remove_file`).
+        let fh = self.add_handle(ino, write);
+        match self.open_handle(ino, &node, write, truncate).await {
+            Ok(keep) => Ok((fh, keep)),
+            Err(e) => {
+                self.handles.lock().remove(&fh);
+                Err(e)
+            }
+        }
+    }
+
+    async fn open_handle(
+        self: &Arc<Self>,
+        ino: u64,
+        node: &Node,
+        write: bool,
+        truncate: bool,
+    ) -> Result<bool> {
+        if self.removing.lock().contains(&ino) {
+            // A removal is under way: it holds `ns` until it is over.
+            drop(self.ns.lock().await);
+        }
+        let local = self.files.lock().contains_key(&ino);
+        if !local && !self.tree.read().is_live(ino) && !self.hidden.lock().contains_key(&ino) {
+            // Removed between the kernel's lookup and this open, and nothing was kept: the
+            // kernel looks the name up again and opens what it holds now.
+            return Err(VfsError::Stale);
+        }
+        if write {
             self.ensure_local(ino, truncate).await?;
             if let Some(local) = self.files.lock().get_mut(&ino) {
                 local.writers += 1;
             }
-            return Ok((self.add_handle(ino, true), false));
+            return Ok(false);
         }
-        if node.key.is_empty() && !self.files.lock().contains_key(&ino) {
+        if node.key.is_empty() && !local {
             return Err(VfsError::Access);
         }
-        let keep = !self.files.lock().contains_key(&ino);
-        Ok((self.add_handle(ino, false), keep))
+        Ok(!local)
+    }
+
+    /// The node holding `ino`'s content on the server: the tree's, or the rubbish bin's for
+    /// a file unlinked while open.
+    fn content_node(&self, ino: u64) -> Result<Node> {
+        if let Some(node) = self.hidden.lock().get(&ino) {
+            return Ok(node.clone());
+        }
+        self.node(ino)
     }
 
     /// Gives `ino` local content (a staging file), downloading the current content unless it
@@ -111,7 +153,7 @@ impl<R: Remote> Vfs<R> {
         if self.truncate_local(ino, truncate)? {
             return Ok(());
         }
-        let node = self.node(ino)?;
+        let node = self.content_node(ino)?;
         let (id, file) = self.wb.create()?;
         let size = if truncate { 0 } else { node.size };
         let mut at = 0;
@@ -149,7 +191,8 @@ impl<R: Remote> Vfs<R> {
                 sealed: false,
                 queued: Vec::new(),
                 committed: 0,
-                unlinked: false,
+                // Opened for writing after an unlink: written, never uploaded.
+                unlinked: !self.tree.read().is_live(ino),
             },
         );
         Ok(())
@@ -237,29 +280,54 @@ impl<R: Remote> Vfs<R> {
         Ok(())
     }
 
-    pub fn release(&self, fh: u64) -> Result<()> {
+    pub fn release(self: &Arc<Self>, fh: u64) -> Result<()> {
         let Some(h) = self.handles.lock().remove(&fh) else {
             return Err(VfsError::BadHandle);
         };
-        if !h.writable {
-            return Ok(());
-        }
-        let last = {
-            let mut files = self.files.lock();
-            match files.get_mut(&h.ino) {
-                Some(local) => {
-                    local.writers = local.writers.saturating_sub(1);
-                    local.writers == 0
+        let mut result = Ok(());
+        if h.writable {
+            let last = {
+                let mut files = self.files.lock();
+                match files.get_mut(&h.ino) {
+                    Some(local) => {
+                        local.writers = local.writers.saturating_sub(1);
+                        local.writers == 0
+                    }
+                    None => false,
                 }
-                None => false,
+            };
+            if last {
+                result = self.queue(h.ino);
+                self.drop_idle(h.ino);
             }
-        };
-        if last {
-            let queued = self.queue(h.ino);
-            self.drop_idle(h.ino);
-            queued?;
         }
-        Ok(())
+        if !self.has_handles(h.ino) {
+            self.last_closed(h.ino);
+        }
+        result
+    }
+
+    /// The last handle of `ino` is closed: what was kept of an unlinked file goes.
+    fn last_closed(self: &Arc<Self>, ino: u64) {
+        {
+            let mut files = self.files.lock();
+            if files.get(&ino).is_some_and(|l| l.unlinked)
+                && let Some(local) = files.remove(&ino)
+            {
+                self.wb.discard(local.id);
+            }
+        }
+        let Some(node) = self.hidden.lock().remove(&ino) else {
+            return;
+        };
+        self.emptying.fetch_add(1, Ordering::AcqRel);
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(error) = this.remote.delete(&node).await {
+                tracing::warn!(%error, "could not empty an unlinked file from the rubbish bin");
+            }
+            this.emptying.fetch_sub(1, Ordering::AcqRel);
+        });
     }
 
     /// Seals the staging file of `ino` into the journal when it holds unqueued changes, and
@@ -296,11 +364,14 @@ impl<R: Remote> Vfs<R> {
 
     /// Drops the local state of a file nobody writes and nothing is queued for.
     pub(super) fn drop_idle(&self, ino: u64) {
+        let open = self.has_handles(ino);
         let mut files = self.files.lock();
         if let Some(local) = files.get(&ino)
             && local.writers == 0
             && local.queued.is_empty()
             && !local.dirty
+            // An unlinked file's readers have nothing else to read.
+            && !(local.unlinked && open)
         {
             let id = local.id;
             files.remove(&ino);
@@ -324,6 +395,7 @@ impl<R: Remote> Vfs<R> {
 
     /// The file is gone: its queued uploads are dropped from the journal.
     pub(super) fn cancel_uploads(&self, ino: u64) -> Result<()> {
+        let open = self.has_handles(ino);
         let mut files = self.files.lock();
         let Some(local) = files.get_mut(&ino) else {
             return Ok(());
@@ -333,7 +405,8 @@ impl<R: Remote> Vfs<R> {
         for id in std::mem::take(&mut local.queued) {
             self.wb.finish(id)?;
         }
-        if local.writers == 0 {
+        if !open {
+            // Open handles keep reading it until the last closes (`last_closed`).
             let id = local.id;
             files.remove(&ino);
             self.wb.discard(id);
@@ -356,14 +429,27 @@ impl<R: Remote> Vfs<R> {
             file.read_exact_at(&mut buf, offset)?;
             return Ok(buf);
         }
-        let node = self.node(h.ino)?;
+        let node = self.content_node(h.ino)?;
         if node.key.is_empty() {
             return Err(VfsError::Access);
         }
         let sequential = h.last_end.load(Ordering::Relaxed) == offset;
-        let data = self
+        let data = match self
             .read_remote(&node, offset, size as u64, sequential)
-            .await?;
+            .await
+        {
+            Err(VfsError::Remote(RemoteError::NotFound)) => {
+                // Replaced while we read (a re-upload keeps the inode): read the new content,
+                // as a reader of a file rewritten in place would.
+                match self.content_node(h.ino) {
+                    Ok(now) if now.handle != node.handle => {
+                        self.read_remote(&now, offset, size as u64, false).await?
+                    }
+                    _ => return Err(VfsError::Stale),
+                }
+            }
+            other => other?,
+        };
         h.last_end
             .store(offset + data.len() as u64, Ordering::Relaxed);
         Ok(data)
@@ -504,6 +590,7 @@ impl<R: Remote> Vfs<R> {
             let result = match this.remote.fetch(&node, range).await {
                 Ok(chunks) => this.accept(&node, cid, chunks),
                 Err(RemoteError::NoKey | RemoteError::Access) => Err(FetchFailure::Access),
+                Err(RemoteError::NotFound) => Err(FetchFailure::Gone),
                 Err(RemoteError::Integrity(msg)) => {
                     tracing::error!(%msg, "chunk failed its check");
                     this.reads.bad.lock().insert(cid);

@@ -18,9 +18,9 @@ mod io;
 mod sync;
 mod upload;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,7 +30,7 @@ pub use error::{Result, VfsError};
 
 use crate::cache::BlockCache;
 use crate::remote::{Meta, Quota, Remote};
-use crate::tree::{self, Attr, Change, Handle, Invalidation, Node, ROOT_INO, Tree};
+use crate::tree::{self, Attr, Change, Handle, Invalidation, Node, NodeKind, ROOT_INO, Tree};
 use crate::writeback::Writeback;
 
 /// How a node is shown.
@@ -148,6 +148,15 @@ pub struct Vfs<R: Remote> {
     ns: tokio::sync::Mutex<()>,
     files: Mutex<HashMap<u64, LocalFile>>,
     handles: Mutex<HashMap<u64, Arc<OpenHandle>>>,
+    /// Files being unlinked (or renamed over) right now; an `open` racing with that waits for
+    /// it to end (see [`Vfs::remove_file`]).
+    removing: Mutex<HashSet<u64>>,
+    /// Files unlinked while open whose content exists only on the server: moved to the
+    /// rubbish bin, read from there, deleted at their last close — POSIX keeps an unlinked
+    /// open file readable. A crash in between leaves them in the rubbish bin.
+    hidden: Mutex<HashMap<u64, Node>>,
+    /// Deletions of such files under way (unmount waits for them).
+    emptying: AtomicUsize,
     next_fh: AtomicU64,
     reads: io::ReadState,
     uploads: upload::Queue,
@@ -176,6 +185,9 @@ impl<R: Remote> Vfs<R> {
             ns: tokio::sync::Mutex::new(()),
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
+            removing: Mutex::new(HashSet::new()),
+            hidden: Mutex::new(HashMap::new()),
+            emptying: AtomicUsize::new(0),
             next_fh: AtomicU64::new(1),
             reads: io::ReadState::default(),
             uploads,
@@ -221,13 +233,15 @@ impl<R: Remote> Vfs<R> {
         s
     }
 
-    /// Waits until every queued upload is committed, or `timeout` passes. Returns how many are
-    /// still pending (they stay in the journal for the next mount).
+    /// Waits until every queued upload is committed (and unlinked files closed at the end
+    /// are deleted), or `timeout` passes. Returns how many uploads are still pending (they
+    /// stay in the journal for the next mount).
     pub async fn drain(&self, timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
         loop {
             let left = self.status().pending_uploads;
-            if left == 0 || Instant::now() >= deadline {
+            let idle = left == 0 && self.emptying.load(Ordering::Acquire) == 0;
+            if idle || Instant::now() >= deadline {
                 return left;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -486,9 +500,56 @@ impl<R: Remote> Vfs<R> {
         if node.kind.is_dir() {
             return Err(VfsError::IsDir);
         }
-        self.remote.delete(&node).await?;
-        self.cancel_uploads(ino)?;
-        self.apply(vec![Change::Delete(node.handle)])
+        self.remove_file(ino, &node, vec![]).await
+    }
+
+    /// Removes file `ino` (with `node`, its node) from the server and the tree, after
+    /// `first` (changes already made on the server). Called under `ns`.
+    ///
+    /// An open file stays readable, as POSIX wants: its local content is kept, or, when its
+    /// content is only on the server, the node goes to the rubbish bin until the last handle
+    /// closes. `open` may race with this (the kernel looked the name up just before): the
+    /// file is marked `removing` before the handles are counted, and `open` registers its
+    /// handle before it looks at the mark, so one of the two always sees the other.
+    async fn remove_file(&self, ino: u64, node: &Node, mut first: Vec<Change>) -> Result<()> {
+        self.removing.lock().insert(ino);
+        let result = async {
+            let open = self.has_handles(ino);
+            let local = self.files.lock().contains_key(&ino);
+            let removed = match self.rubbish() {
+                Some(bin) if open && !local && node.size > 0 => {
+                    self.remote.move_to(node, &bin).await.map(|hidden| {
+                        self.hidden.lock().insert(ino, hidden);
+                    })
+                }
+                _ => self.remote.delete(node).await,
+            };
+            if let Err(e) = removed {
+                // What already happened on the server must still reach the tree.
+                self.apply(first)?;
+                return Err(e.into());
+            }
+            self.cancel_uploads(ino)?;
+            first.push(Change::Delete(node.handle));
+            self.apply(first)
+        }
+        .await;
+        self.removing.lock().remove(&ino);
+        result
+    }
+
+    fn has_handles(&self, ino: u64) -> bool {
+        self.handles.lock().values().any(|h| h.ino == ino)
+    }
+
+    /// The rubbish bin, when the service has one.
+    fn rubbish(&self) -> Option<Node> {
+        let tree = self.tree.read();
+        let (_, ino) = tree
+            .top_level()
+            .into_iter()
+            .find(|&(kind, _)| kind == NodeKind::Rubbish)?;
+        tree.node(ino)
     }
 
     pub async fn rmdir(&self, parent: u64, name: &str) -> Result<()> {
@@ -571,15 +632,13 @@ impl<R: Remote> Vfs<R> {
             };
             moved = self.remote.set_meta(&moved, &meta).await?;
         }
-        let mut changes = vec![Change::Upsert(moved)];
+        let changes = vec![Change::Upsert(moved)];
         // The replaced node goes only after the renamed one is in place: a crash in between
         // leaves both, never neither.
-        if let Some((t, tnode)) = target {
-            self.remote.delete(&tnode).await?;
-            self.cancel_uploads(t)?;
-            changes.push(Change::Delete(tnode.handle));
+        match target {
+            Some((t, tnode)) => self.remove_file(t, &tnode, changes).await,
+            None => self.apply(changes),
         }
-        self.apply(changes)
     }
 
     fn is_ancestor(&self, ancestor: u64, mut ino: u64) -> bool {

@@ -145,7 +145,10 @@ impl MountFixture {
         let log = std::fs::File::create(&log_path).unwrap();
         let child = self
             .command()
-            .env("RUST_LOG", "veilfs=info")
+            .env(
+                "RUST_LOG",
+                std::env::var("VEILFS_TEST_LOG").unwrap_or_else(|_| "veilfs=info".into()),
+            )
             .arg("mount")
             .arg(&self.mnt)
             .args([
@@ -223,6 +226,15 @@ impl MountFixture {
 
 impl Drop for MountFixture {
     fn drop(&mut self) {
+        // A failing test shows what the daemon said: most mount bugs are explained there.
+        if std::thread::panicking() && self.mounts > 0 {
+            let log = std::fs::read_to_string(self.log(self.mounts)).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- last lines of the mount's log ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
         if let Some(mut child) = self.daemon.take() {
             let _ = Command::new("fusermount3")
                 .args(["-u", "-z"])
