@@ -223,6 +223,55 @@ fn a_handle_open_across_a_replace_or_unlink_still_reads_the_old_content() {
     assert!(used < 100_000, "{used} bytes still used: {text}");
 }
 
+#[test]
+fn a_stalled_download_blocks_neither_listing_nor_cached_files() {
+    let mut f = MountFixture::new();
+    let slow = pattern(3 * 1024 * 1024, 5);
+    let cached = pattern(300_000, 6);
+    fs::create_dir(f.path("dir")).unwrap();
+    fs::write(f.path("dir/slow.bin"), &slow).unwrap();
+    fs::write(f.path("cached.bin"), &cached).unwrap();
+    f.unmount();
+    wipe_block_cache(&f);
+    f.mount();
+    assert!(fs::read(f.path("cached.bin")).unwrap() == cached);
+
+    f.pause_server(true);
+    let path = f.path("dir/slow.bin");
+    let reader = std::thread::spawn(move || fs::read(path));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        !reader.is_finished(),
+        "the download did not wait for the frozen server"
+    );
+
+    // While it hangs, the tree and the cached content answer.
+    let mnt = f.mnt.clone();
+    let lister = std::thread::spawn(move || {
+        let mut names: Vec<_> = fs::read_dir(&mnt)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let meta = fs::metadata(mnt.join("dir/slow.bin")).unwrap();
+        let content = fs::read(mnt.join("cached.bin")).unwrap();
+        (names, meta.len(), content)
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !lister.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let done = lister.is_finished();
+    f.pause_server(false);
+    assert!(done, "listing waited for the stalled download");
+    let (names, len, content) = lister.join().unwrap();
+    assert_eq!(names, ["cached.bin", "dir"]);
+    assert_eq!(len, slow.len() as u64);
+    assert!(content == cached);
+    // Once the server is back the download completes, byte-exact.
+    assert!(reader.join().unwrap().unwrap() == slow);
+}
+
 fn write_and_close(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let mut h = fs::File::create(path)?;
     let written = data.chunks(1 << 20).try_for_each(|c| h.write_all(c));

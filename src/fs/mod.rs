@@ -142,6 +142,11 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         // overwrite first downloads the content it is about to discard, and fails while the
         // server is unreachable instead of being journaled.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC);
+        // `ls -l`, `find` and rsync's scan get names and attributes in one pass over a folder
+        // instead of a lookup per entry; the kernel picks plain readdir where it is cheaper.
+        let _ = config.add_capabilities(
+            fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
+        );
         Ok(())
     }
 

@@ -105,6 +105,14 @@ impl MountFixture {
         server.wait().unwrap();
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server process: requests to it hang, as with
+    /// a stalled network, instead of failing.
+    pub fn pause_server(&self, paused: bool) {
+        let pid = self.server.as_ref().expect("server running").id() as i32;
+        let sig = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+
     /// Starts the server again on the same data directory and port, so the mount's URL and
     /// session stay valid.
     pub fn start_server(&mut self) {
