@@ -374,3 +374,64 @@ fn a_session_ended_by_the_server_is_renewed_with_the_password() {
     assert_eq!(fs::read(f.path("after/file")).unwrap(), b"2");
     assert_eq!(fs::read(f.path("before")).unwrap(), b"1");
 }
+
+#[test]
+fn a_node_whose_key_we_lack_is_listed_with_its_size_and_refuses_access() {
+    let mut f = MountFixture::new();
+    fs::write(f.path("ordinary"), b"readable").unwrap();
+    // Another client creates a file whose key is wrapped under a share key this account
+    // never received, as a share whose key got lost would leave it.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let handle = rt.block_on(async {
+        let credentials = veilfs::mega::session::Credentials {
+            email: f.email.clone(),
+            password: zeroize::Zeroizing::new(common::mount::PASSWORD.to_string()),
+            mfa_code: None,
+        };
+        let other = veilfs::mega::MegaClient::login(
+            &f.url,
+            &credentials,
+            veilfs::retry::RetryPolicy::quick(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        let (nodes, _) = other.fetch_tree().await.unwrap();
+        let root = nodes.iter().find(|n| n.wire.t == 2).unwrap().wire.h.clone();
+        let tmp = f.root.path().join("keyless.src");
+        fs::write(&tmp, vec![7u8; 5000]).unwrap();
+        let (_key, data) = other.upload_data(&tmp, |_| {}).await.unwrap();
+        let answer = other
+            .api()
+            .call(serde_json::json!({"a": "p", "t": root, "n": [{
+                "h": data.token, "t": 0,
+                // Random bytes: a key wrapped by someone else, attributes nobody here opens.
+                "a": veilfs::crypto::mega::b64_encode(&veilfs::crypto::random_array::<16>()),
+                "k": veilfs::crypto::mega::b64_encode(&veilfs::crypto::random_array::<32>()),
+            }]}))
+            .await
+            .unwrap();
+        answer["f"][0]["h"].as_str().unwrap().to_string()
+    });
+    f.remount();
+    let name = format!("undecryptable-{handle}");
+    let mut names: Vec<String> = fs::read_dir(&f.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["ordinary".to_string(), name.clone()]);
+    let meta = fs::metadata(f.path(&name)).unwrap();
+    assert_eq!(meta.len(), 5000);
+    assert_eq!(errno_of(fs::read(f.path(&name))), libc::EACCES);
+    assert_eq!(
+        errno_of(fs::OpenOptions::new().append(true).open(f.path(&name))),
+        libc::EACCES
+    );
+    assert_eq!(
+        errno_of(fs::rename(f.path(&name), f.path("x"))),
+        libc::EACCES
+    );
+    // Everything else still works.
+    assert_eq!(fs::read(f.path("ordinary")).unwrap(), b"readable");
+}

@@ -240,8 +240,15 @@ impl KeyRing {
         let attributes = match mc::decrypt_attributes(key.attribute_key(), &node.a) {
             Ok(attributes) => attributes,
             Err(error) => {
+                // A key that does not open the attributes is not the node's key (as MEGA's
+                // web client shows such nodes "undecrypted"): content read with it would only
+                // fail its MAC.
                 tracing::warn!(handle = %node.h, %error, "node attributes do not decrypt");
-                Map::new()
+                return DecryptedNode {
+                    wire: node,
+                    key: None,
+                    attributes: Map::new(),
+                };
             }
         };
         DecryptedNode {
