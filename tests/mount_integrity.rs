@@ -37,31 +37,64 @@ fn wipe_block_cache(f: &MountFixture) {
     }
 }
 
-#[test]
-fn a_blob_corrupted_on_the_server_reads_as_eio_never_as_wrong_bytes() {
-    let mut f = MountFixture::new();
-    let data = pattern(5 * 1024 * 1024, 7);
-    fs::write(f.path("victim.bin"), &data).unwrap();
-    f.unmount(); // waits for the upload
-
-    // The only file of that size in the blob store is its ciphertext (CTR: byte i of the
-    // blob encrypts byte i of the file).
+/// Flips one bit of the ciphertext of the only `len`-byte blob on the server (CTR: byte i of
+/// the blob encrypts byte i of the file).
+fn corrupt_blob(f: &MountFixture, len: usize, at: u64) {
     let blobs: Vec<PathBuf> = files_under(&f.server_data())
         .into_iter()
-        .filter(|p| fs::metadata(p).unwrap().len() == data.len() as u64)
+        .filter(|p| fs::metadata(p).unwrap().len() == len as u64)
         .collect();
     assert_eq!(blobs.len(), 1, "blob of the file: {blobs:?}");
-    let flip_at = data.len() as u64 / 2 + 12_345;
     let blob = fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(&blobs[0])
         .unwrap();
     let mut byte = [0u8];
-    blob.read_exact_at(&mut byte, flip_at).unwrap();
-    blob.write_all_at(&[byte[0] ^ 0x20], flip_at).unwrap();
+    blob.read_exact_at(&mut byte, at).unwrap();
+    blob.write_all_at(&[byte[0] ^ 0x20], at).unwrap();
     blob.sync_all().unwrap();
-    drop(blob);
+}
+
+/// Uploads `data` as `name` in the drive's root with another client (plain MEGA: no per-chunk
+/// MACs, only the meta-MAC in the key).
+fn upload_as_another_client(f: &MountFixture, name: &str, data: &[u8]) {
+    let src = f.root.path().join("other-client.src");
+    fs::write(&src, data).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let credentials = veilfs::mega::session::Credentials {
+            email: f.email.clone(),
+            password: zeroize::Zeroizing::new(common::mount::PASSWORD.to_string()),
+            mfa_code: None,
+        };
+        let other = veilfs::mega::MegaClient::login(
+            &f.url,
+            &credentials,
+            veilfs::retry::RetryPolicy::quick(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        let (nodes, _) = other.fetch_tree().await.unwrap();
+        let root = nodes.iter().find(|n| n.wire.t == 2).unwrap().wire.h.clone();
+        let mut attrs = serde_json::Map::new();
+        attrs.insert("n".into(), serde_json::json!(name));
+        other
+            .upload(&root, &src, &attrs, None, |_| {})
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn a_foreign_blob_corrupted_on_the_server_reads_as_eio_never_as_wrong_bytes() {
+    let mut f = MountFixture::new();
+    let data = pattern(5 * 1024 * 1024, 7);
+    upload_as_another_client(&f, "victim.bin", &data);
+    f.unmount();
+    let flip_at = data.len() as u64 / 2 + 12_345;
+    corrupt_blob(&f, data.len(), flip_at);
     wipe_block_cache(&f);
     f.mount();
 
@@ -104,6 +137,51 @@ fn a_blob_corrupted_on_the_server_reads_as_eio_never_as_wrong_bytes() {
         .expect_err("the corrupted region was served");
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
     let e = fs::read(f.path("victim.bin")).expect_err("the corrupted file was served");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+}
+
+#[test]
+fn a_corrupted_chunk_of_our_upload_fails_alone_and_the_rest_still_reads() {
+    let mut f = MountFixture::new();
+    let data = pattern(20 * 1024 * 1024, 9);
+    fs::write(f.path("big.bin"), &data).unwrap();
+    f.unmount();
+    // MEGA's chunks grow by 128 KiB: chunk 5 spans 1920 KiB .. 2688 KiB.
+    let chunk5 = 15 * 128 * 1024u64..21 * 128 * 1024;
+    corrupt_blob(&f, data.len(), chunk5.start + 1000);
+    wipe_block_cache(&f);
+    f.mount();
+
+    let h = fs::File::open(f.path("big.bin")).unwrap();
+    let read_at = |at: u64, len: usize| {
+        let mut buf = vec![0u8; len];
+        h.read_exact_at(&mut buf, at).map(|()| buf)
+    };
+    // Only that range: EIO, before anything else of the file was read.
+    let e = read_at(chunk5.start + 512, 4096)
+        .map(|b| b.len())
+        .expect_err("the corrupted chunk was served");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    // Its neighbours, the start and the end read byte-exact.
+    for (at, len) in [
+        (chunk5.start - 8192, 8192),
+        (chunk5.end, 65_536),
+        (0, 4096),
+        (data.len() as u64 - 100_000, 100_000),
+        (10 * 1024 * 1024 + 3, 300_000),
+    ] {
+        let got = read_at(at, len).unwrap_or_else(|e| panic!("reading {len} at {at}: {e}"));
+        assert!(
+            got[..] == data[at as usize..at as usize + len],
+            "bytes at {at}"
+        );
+    }
+    // Reading straight through stops at the bad chunk, with true bytes up to it.
+    let e = fs::read(f.path("big.bin")).expect_err("the whole file was served");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    let e = read_at(chunk5.end - 10, 20)
+        .map(|b| b.len())
+        .expect_err("a read across the bad chunk's end");
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
 }
 

@@ -634,6 +634,11 @@ impl MacAccumulator {
         matches!(self.macs.get(index as usize), Some(Some(_)))
     }
 
+    /// Every chunk's MAC in order, once all have been recorded.
+    pub fn chunk_macs(&self) -> Option<Vec<[u8; 16]>> {
+        self.macs.iter().copied().collect()
+    }
+
     /// The file MAC, once every chunk has been recorded.
     pub fn file_mac(&self) -> Option<[u8; 16]> {
         let macs: Option<Vec<[u8; 16]>> = self.macs.iter().copied().collect();

@@ -35,6 +35,12 @@ use crate::tree::{Change, Handle, Node, NodeKind};
 const ATTR_MODE: &str = "vm";
 const ATTR_MTIME: &str = "vt";
 const ATTR_LINK: &str = "vl";
+/// Every chunk's CBC-MAC (16 bytes each, base64) of content we uploaded, so each chunk is
+/// checked before it is served; inside the attributes, so encrypted under the file key.
+const ATTR_CHUNK_MACS: &str = "vc";
+/// Files of more chunks (about 1 GiB) keep only MEGA's whole-file check: 16 KiB of MACs is
+/// as much as we put into attributes every client downloads with the tree.
+const MAX_STORED_CHUNK_MACS: usize = 1024;
 /// How long a download URL from `g` is reused before asking again.
 const URL_TTL: Duration = Duration::from_secs(600);
 
@@ -242,6 +248,15 @@ impl Remote for MegaRemote {
     ) -> Result<Node> {
         let base = replaces.map(|n| n.attrs.clone()).unwrap_or_default();
         let mut attrs = attributes(&base, meta, Some(upload.fingerprint));
+        // Never carried over from the replaced content.
+        attrs.remove(ATTR_CHUNK_MACS);
+        let macs = &upload.data.chunk_macs;
+        if (2..=MAX_STORED_CHUNK_MACS).contains(&macs.len()) {
+            attrs.insert(
+                ATTR_CHUNK_MACS.into(),
+                json!(mc::b64_encode(macs.as_flattened())),
+            );
+        }
         if meta.mtime_ns != upload.mtime_ns
             && let Some(c) = attrs.get("c").and_then(Value::as_str)
             && let Some(c) = fingerprint::with_mtime(c, meta.mtime_ns.div_euclid(1_000_000_000))
@@ -348,6 +363,17 @@ impl Remote for MegaRemote {
             .map(|s| &plain[(s.start - range.start) as usize..(s.end - range.start) as usize])
             .collect();
         let macs = mc::chunk_macs(&key, &pieces);
+        if let Some(stored) = stored_chunk_macs(node) {
+            for (span, mac) in spans.iter().zip(&macs) {
+                let index = mc::chunk_index(span.start) as usize;
+                if stored.get(index) != Some(mac) {
+                    return Err(RemoteError::Integrity(format!(
+                        "the chunk at byte {} does not match its MAC",
+                        span.start
+                    )));
+                }
+            }
+        }
         Ok(spans
             .into_iter()
             .zip(macs)
@@ -375,6 +401,25 @@ impl Remote for MegaRemote {
             .map(drop)
             .map_err(|_| RemoteError::Integrity("the file's MAC does not match its key".into()))
     }
+}
+
+/// The per-chunk MACs stored with a node's content, when they are there and belong to it:
+/// they must condense to the meta-MAC in the node key, so MACs carried over from other content
+/// (by a client that copies attributes) are ignored rather than failing good chunks.
+fn stored_chunk_macs(node: &Node) -> Option<Vec<[u8; 16]>> {
+    let encoded = node.attrs.get(ATTR_CHUNK_MACS)?.as_str()?;
+    let NodeKey::File { key, meta_mac } = node_key(node).ok()? else {
+        return None;
+    };
+    let bytes = mc::b64_decode(encoded).ok()?;
+    if bytes.len() as u64 != 16 * mc::chunk_count(node.size) {
+        return None;
+    }
+    let macs: Vec<[u8; 16]> = bytes
+        .chunks_exact(16)
+        .map(|c| c.try_into().expect("16 bytes"))
+        .collect();
+    (mc::meta_mac(&mc::condense_macs(&key, &macs)) == meta_mac).then_some(macs)
 }
 
 fn remote_error(e: MegaError) -> RemoteError {

@@ -40,6 +40,8 @@ pub struct UploadedData {
     pub token: String,
     pub meta_mac: [u8; 8],
     pub size: u64,
+    /// Each chunk's CBC-MAC, in order (empty for an empty file).
+    pub chunk_macs: Vec<[u8; 16]>,
 }
 
 /// Byte ranges of the upload POSTs: whole MAC chunks, each POST at most [`UPLOAD_POST_BYTES`].
@@ -84,6 +86,7 @@ pub async fn upload_file(
             token,
             meta_mac: [0; 8],
             size,
+            chunk_macs: Vec::new(),
         });
     }
 
@@ -129,15 +132,19 @@ pub async fn upload_file(
     }
     let token =
         token.ok_or_else(|| MegaError::malformed("upload finished without a completion token"))?;
-    let meta_mac = macs
-        .lock()
-        .expect("mac lock")
-        .meta_mac()
-        .ok_or_else(|| MegaError::malformed("upload finished with chunks missing"))?;
+    let (meta_mac, chunk_macs) = {
+        let acc = macs.lock().expect("mac lock");
+        let missing = || MegaError::malformed("upload finished with chunks missing");
+        (
+            acc.meta_mac().ok_or_else(missing)?,
+            acc.chunk_macs().ok_or_else(missing)?,
+        )
+    };
     Ok(UploadedData {
         token,
         meta_mac,
         size,
+        chunk_macs,
     })
 }
 

@@ -55,8 +55,11 @@ enum Tags {
 pub(super) struct ReadState {
     inflight: Mutex<HashMap<ChunkId, SharedFetch>>,
     tags: Mutex<HashMap<ContentId, Tags>>,
-    /// Contents whose check failed: every read answers EIO.
+    /// Contents whose whole-file check failed: every read answers EIO.
     bad: Mutex<HashSet<ContentId>>,
+    /// Chunks that failed their own check: reads reaching them answer EIO (or stop short
+    /// before them), the rest of the file still reads.
+    corrupt: Mutex<HashSet<ChunkId>>,
 }
 
 impl<R: Remote> Vfs<R> {
@@ -485,15 +488,27 @@ impl<R: Remote> Vfs<R> {
         for _ in 0..4 {
             let waits = self.start_missing(node, cid, &spans);
             for r in futures_util::future::join_all(waits).await {
-                r?;
+                match r {
+                    // Which chunk failed is in `corrupt`; the chunks before it still serve.
+                    Err(FetchFailure::Integrity) => {}
+                    other => other?,
+                }
             }
             let mut out = Vec::with_capacity((end - offset) as usize);
             let mut complete = true;
             for span in &spans {
-                let Some(chunk) = self.cache.get(&ChunkId {
+                let id = ChunkId {
                     content: cid,
                     offset: span.start,
-                }) else {
+                };
+                if self.reads.corrupt.lock().contains(&id) {
+                    if out.is_empty() {
+                        return Err(VfsError::Integrity);
+                    }
+                    // A short read: the kernel asks again from the bad chunk, and gets EIO.
+                    return Ok(out);
+                }
+                let Some(chunk) = self.cache.get(&id) else {
                     complete = false;
                     break;
                 };
@@ -538,7 +553,7 @@ impl<R: Remote> Vfs<R> {
                 content: cid,
                 offset: span.start,
             };
-            if self.cache.contains(&id) {
+            if self.cache.contains(&id) || self.reads.corrupt.lock().contains(&id) {
                 self.flush_run(node, cid, &mut run, &mut inflight, &mut waits);
                 continue;
             }
@@ -569,7 +584,8 @@ impl<R: Remote> Vfs<R> {
             return;
         };
         let range = first.start..last.end;
-        let starts: Vec<u64> = run.drain(..).map(|r| r.start).collect();
+        let spans: Vec<Range<u64>> = std::mem::take(run);
+        let starts: Vec<u64> = spans.iter().map(|r| r.start).collect();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let shared = rx
             .map(|r| r.unwrap_or_else(|_| Err(FetchFailure::Failed("fetch task ended".into()))))
@@ -592,9 +608,9 @@ impl<R: Remote> Vfs<R> {
                 Err(RemoteError::NoKey | RemoteError::Access) => Err(FetchFailure::Access),
                 Err(RemoteError::NotFound) => Err(FetchFailure::Gone),
                 Err(RemoteError::Integrity(msg)) => {
-                    tracing::error!(%msg, "chunk failed its check");
-                    this.reads.bad.lock().insert(cid);
-                    Err(FetchFailure::Integrity)
+                    tracing::error!(%msg, name = %node.name, "chunk failed its check");
+                    this.status.lock().last_error = Some(format!("{}: {msg}", node.name));
+                    this.isolate_corrupt(&node, cid, &spans).await
                 }
                 Err(e) => Err(FetchFailure::Failed(e.to_string().into())),
             };
@@ -609,6 +625,36 @@ impl<R: Remote> Vfs<R> {
             let _ = tx.send(result);
         });
         waits.push(shared);
+    }
+
+    /// A fetch of several chunks failed a chunk check: fetches them one by one, so the good
+    /// ones are served and only the bad one answers EIO.
+    async fn isolate_corrupt(
+        self: &Arc<Self>,
+        node: &Node,
+        cid: ContentId,
+        spans: &[Range<u64>],
+    ) -> Result<(), FetchFailure> {
+        let mut result = Ok(());
+        for span in spans {
+            let single = if spans.len() == 1 {
+                Err(RemoteError::Integrity(String::new()))
+            } else {
+                self.remote.fetch(node, span.clone()).await
+            };
+            match single {
+                Ok(chunks) => self.accept(node, cid, chunks)?,
+                Err(RemoteError::Integrity(_)) => {
+                    self.reads.corrupt.lock().insert(ChunkId {
+                        content: cid,
+                        offset: span.start,
+                    });
+                    result = Err(FetchFailure::Integrity);
+                }
+                Err(e) => return Err(FetchFailure::Failed(e.to_string().into())),
+            }
+        }
+        result
     }
 
     /// Caches fetched chunks and, once every chunk of the file has been seen, checks the
