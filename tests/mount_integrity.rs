@@ -63,19 +63,7 @@ fn upload_as_another_client(f: &MountFixture, name: &str, data: &[u8]) {
     fs::write(&src, data).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let credentials = veilfs::mega::session::Credentials {
-            email: f.email.clone(),
-            password: zeroize::Zeroizing::new(common::mount::PASSWORD.to_string()),
-            mfa_code: None,
-        };
-        let other = veilfs::mega::MegaClient::login(
-            &f.url,
-            &credentials,
-            veilfs::retry::RetryPolicy::quick(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+        let other = f.other_client().await;
         let (nodes, _) = other.fetch_tree().await.unwrap();
         let root = nodes.iter().find(|n| n.wire.t == 2).unwrap().wire.h.clone();
         let mut attrs = serde_json::Map::new();

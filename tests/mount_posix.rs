@@ -349,19 +349,7 @@ fn a_session_ended_by_the_server_is_renewed_with_the_password() {
     // Another login ends every other session of the account, the mount's included.
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let credentials = veilfs::mega::session::Credentials {
-            email: f.email.clone(),
-            password: zeroize::Zeroizing::new(common::mount::PASSWORD.to_string()),
-            mfa_code: None,
-        };
-        let other = veilfs::mega::MegaClient::login(
-            &f.url,
-            &credentials,
-            veilfs::retry::RetryPolicy::quick(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+        let other = f.other_client().await;
         other
             .api()
             .call(serde_json::json!({"a": "usr", "ko": 1}))
@@ -383,19 +371,7 @@ fn a_node_whose_key_we_lack_is_listed_with_its_size_and_refuses_access() {
     // never received, as a share whose key got lost would leave it.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let handle = rt.block_on(async {
-        let credentials = veilfs::mega::session::Credentials {
-            email: f.email.clone(),
-            password: zeroize::Zeroizing::new(common::mount::PASSWORD.to_string()),
-            mfa_code: None,
-        };
-        let other = veilfs::mega::MegaClient::login(
-            &f.url,
-            &credentials,
-            veilfs::retry::RetryPolicy::quick(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+        let other = f.other_client().await;
         let (nodes, _) = other.fetch_tree().await.unwrap();
         let root = nodes.iter().find(|n| n.wire.t == 2).unwrap().wire.h.clone();
         let tmp = f.root.path().join("keyless.src");

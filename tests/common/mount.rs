@@ -105,6 +105,24 @@ impl MountFixture {
         server.wait().unwrap();
     }
 
+    /// A second MEGA client logged in to the fixture's account (another device, as the
+    /// server sees it).
+    pub async fn other_client(&self) -> veilfs::mega::MegaClient {
+        let credentials = veilfs::mega::session::Credentials {
+            email: self.email.clone(),
+            password: zeroize::Zeroizing::new(PASSWORD.to_string()),
+            mfa_code: None,
+        };
+        veilfs::mega::MegaClient::login(
+            &self.url,
+            &credentials,
+            veilfs::retry::RetryPolicy::quick(),
+            Default::default(),
+        )
+        .await
+        .unwrap()
+    }
+
     /// Freezes (SIGSTOP) or thaws (SIGCONT) the server process: requests to it hang, as with
     /// a stalled network, instead of failing.
     pub fn pause_server(&self, paused: bool) {
