@@ -217,6 +217,10 @@ fn folder_commands_and_exit_codes() {
     let f = sh.local("f.txt");
     fs::create_dir_all(f.parent().unwrap()).unwrap();
     fs::write(&f, b"hello").unwrap();
+    // A trailing slash names a folder: never a file of that name.
+    let out = sh.run(&["put", p(&f), "/missing/"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/missing/: no such folder"));
     sh.ok(&["put", p(&f), "/a/b"]);
     sh.ok(&["mv", "/a/b/f.txt", "/a/renamed.txt"]);
     sh.ok(&["mv", "/a/b", "/"]);

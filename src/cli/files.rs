@@ -138,6 +138,7 @@ pub async fn mv(account: AccountArgs, args: MvArgs) -> anyhow::Result<()> {
     let (parent, name) = match drive.resolve(&args.to) {
         Some(dest) if dest.kind != NodeKind::File => (dest.handle, node.name.clone()),
         Some(_) => bail!("{}: already exists", args.to),
+        None if args.to.ends_with('/') => bail!("{}: no such folder", args.to),
         None => {
             let (parent, name) = split_parent(&args.to);
             let name = name.expect("only the root has no name, and it exists");

@@ -21,7 +21,7 @@ impl Progress {
         let total = multi.add(ProgressBar::new(total_bytes));
         total.set_style(
             ProgressStyle::with_template(
-                "{prefix:>9} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                "{prefix:>9} [{bar:20}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
             )
             .expect("valid template")
             .progress_chars("=> "),

@@ -32,7 +32,7 @@ pub struct Report {
     pub last_sync: Option<u64>,
     /// Newest last: `(unix time first seen, message)`.
     pub recent_errors: Vec<(u64, String)>,
-    /// Bytes of the local state (block cache, tree, staged uploads) on disk.
+    /// Bytes of the mount's local state on disk: block cache, tree, and staged uploads.
     pub cache_disk_bytes: u64,
     pub cache_disk_budget: u64,
 }
@@ -195,7 +195,7 @@ fn print(report: &Report) {
         report.uploaded
     );
     println!(
-        "  cache:           {} of {}",
+        "  local cache:     {} on disk (budget {}, staged uploads included)",
         size(report.cache_disk_bytes),
         size(report.cache_disk_budget)
     );

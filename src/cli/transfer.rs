@@ -252,6 +252,8 @@ pub async fn put(account: AccountArgs, args: PutArgs) -> anyhow::Result<()> {
     let (parent, name) = match drive.resolve(&args.remote) {
         Some(n) if n.kind != NodeKind::File => (n.handle, super::files::local_name(&args.local)?),
         Some(n) if meta.is_dir() => bail!("{}: a file is in the way", drive.path_of(n.handle)),
+        // `put f /Docs/` means "into the folder /Docs", never "as a file named Docs".
+        _ if args.remote.ends_with('/') => bail!("{}: no such folder", args.remote),
         _ => {
             let (parent, name) = split_parent(&args.remote);
             let name = name.expect("the root exists");
