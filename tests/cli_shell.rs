@@ -428,3 +428,68 @@ fn an_interrupted_put_resumes_and_makes_one_node() {
         .count();
     assert_eq!(journals, 0, "journal left");
 }
+
+/// A node whose key the account cannot open (another client's bug, a share whose key never
+/// arrived) is listed under its stable placeholder name with its size, and downloading it is a
+/// clear failure that leaves nothing behind.
+#[test]
+fn a_node_the_account_cannot_open_is_listed_and_refused() {
+    let sh = Shell::new();
+    let data = pattern(200_000, 6);
+    let local = sh.local("opaque.bin");
+    fs::create_dir_all(local.parent().unwrap()).unwrap();
+    fs::write(&local, &data).unwrap();
+    let sessions = sh.home("home").join("config/veilfs/sessions");
+    let session_file = fs::read_dir(&sessions)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let handle = rt.block_on(async {
+        use veilfs::mega::client::MegaClient;
+        let session = veilfs::mega::session::Session::load(&session_file).unwrap();
+        let client = MegaClient::resume(session, Default::default(), Default::default()).unwrap();
+        let (nodes, _) = client.fetch_tree().await.unwrap();
+        let root = nodes.iter().find(|n| n.wire.t == 2).unwrap().wire.h.clone();
+        let (_, uploaded) = client.upload_data(&local, |_| {}).await.unwrap();
+        // The content is real, but the key stored with it is not the one it was encrypted with.
+        let bogus = veilfs::crypto::random_array::<32>();
+        let mut attrs = serde_json::Map::new();
+        attrs.insert("n".into(), serde_json::json!("secret.bin"));
+        let a =
+            veilfs::crypto::mega::encrypt_attributes(&veilfs::crypto::random_array::<16>(), &attrs);
+        let answer = client
+            .api()
+            .call(serde_json::json!({"a": "p", "t": root, "n": [{
+                "h": uploaded.token, "t": 0, "a": a,
+                "k": veilfs::crypto::mega::b64_encode(&bogus),
+            }]}))
+            .await
+            .unwrap();
+        answer["f"][0]["h"].as_str().unwrap().to_string()
+    });
+    let placeholder = format!("undecryptable-{handle}");
+    let listing = sh.ok(&["ls", "-l", "/"]);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with('-') && l.contains(" 200000  ") && l.ends_with(&placeholder)),
+        "{listing}"
+    );
+    let out_dir = sh.local("out");
+    fs::create_dir_all(&out_dir).unwrap();
+    let out = sh.run(&["get", &format!("/{placeholder}"), p(&out_dir)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("MAC mismatch"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fs::read_dir(&out_dir).unwrap().count(),
+        0,
+        "nothing left behind"
+    );
+}
