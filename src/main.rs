@@ -94,7 +94,12 @@ enum Command {
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Print the manual page (roff), e.g. `veilfs man | man -l -`.
-    Man,
+    Man {
+        /// Write veilfs.1 and one page per subcommand (veilfs-ls.1, …) into this folder
+        /// instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -121,8 +126,13 @@ fn run(args: Cli) -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "veilfs", &mut std::io::stdout());
             return Ok(());
         }
-        Command::Man => {
+        Command::Man { out_dir: None } => {
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            return Ok(());
+        }
+        Command::Man { out_dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir)?;
+            clap_mangen::generate_to(Cli::command(), &dir)?;
             return Ok(());
         }
         other => other,
@@ -147,7 +157,7 @@ fn run(args: Cli) -> anyhow::Result<()> {
             Command::Mount(_)
             | Command::Unmount(_)
             | Command::Completions { .. }
-            | Command::Man => unreachable!("dispatched above"),
+            | Command::Man { .. } => unreachable!("dispatched above"),
         }
     })
 }
