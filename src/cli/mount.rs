@@ -87,7 +87,7 @@ fn home() -> PathBuf {
     std::env::var_os("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from)
 }
 
-fn xdg(var: &str, fallback: &str) -> PathBuf {
+pub(crate) fn xdg(var: &str, fallback: &str) -> PathBuf {
     std::env::var_os(var)
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
@@ -95,7 +95,7 @@ fn xdg(var: &str, fallback: &str) -> PathBuf {
 }
 
 /// Where a mount's daemon records its pid, keyed by the absolute mount point.
-fn pid_file(mountpoint: &Path) -> PathBuf {
+pub(crate) fn pid_file(mountpoint: &Path) -> PathBuf {
     let digest = Sha256::digest(mountpoint.as_os_str().as_encoded_bytes());
     xdg("XDG_STATE_HOME", ".local/state")
         .join("veilfs")
@@ -175,7 +175,7 @@ fn detach(args: &MountArgs) -> anyhow::Result<()> {
     }
 }
 
-fn is_mounted(mountpoint: &Path) -> anyhow::Result<bool> {
+pub(crate) fn is_mounted(mountpoint: &Path) -> anyhow::Result<bool> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
     let wanted = mountpoint.to_string_lossy();
     Ok(info.lines().any(|line| {
@@ -200,7 +200,15 @@ fn run_daemon(args: MountArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     // The embedded server (when used) lives as long as this value.
-    let (vfs, _server) = rt.block_on(prepare(&args))?;
+    let (vfs, _server, state) = rt.block_on(prepare(&args))?;
+    // `veilfs status` asks this socket; it goes away with the daemon.
+    let _status = super::status::serve(
+        rt.handle(),
+        &args.mountpoint,
+        vfs.clone(),
+        state,
+        args.cache_size,
+    )?;
 
     let mut options = vec![
         fuser::MountOption::FSName("veilfs".into()),
@@ -272,7 +280,11 @@ fn run_daemon(args: MountArgs) -> anyhow::Result<()> {
 /// Logs in (or starts the embedded server), opens the local state and makes the tree ready.
 async fn prepare(
     args: &MountArgs,
-) -> anyhow::Result<(Arc<Vfs<MegaRemote>>, Option<crate::server::RunningServer>)> {
+) -> anyhow::Result<(
+    Arc<Vfs<MegaRemote>>,
+    Option<crate::server::RunningServer>,
+    PathBuf,
+)> {
     let options = TransferOptions {
         force_https: args.force_https,
     };
@@ -333,7 +345,7 @@ async fn prepare(
         config,
     );
     vfs.start().await.context("loading the drive")?;
-    Ok((vfs, server))
+    Ok((vfs, server, state))
 }
 
 fn set_private(dir: &Path) -> anyhow::Result<()> {
@@ -342,7 +354,7 @@ fn set_private(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn session_path(server: &str, email: &str) -> PathBuf {
+pub(crate) fn session_path(server: &str, email: &str) -> PathBuf {
     let digest = Sha256::digest(format!("{server}|{}", email.to_lowercase()).as_bytes());
     xdg("XDG_CONFIG_HOME", ".config")
         .join("veilfs")

@@ -98,6 +98,13 @@ impl MegaClient {
         Ok((nodes, fetched.sn))
     }
 
+    /// The key of a folder this account shares (learnt from `f`'s `ok` list), e.g. to print the
+    /// link of a folder exported earlier with the key it was exported with.
+    pub fn share_key(&self, handle: &str) -> Option<zeroize::Zeroizing<[u8; 16]>> {
+        let keys = self.keys.read().expect("key ring lock");
+        keys.share_key(handle).map(|k| zeroize::Zeroizing::new(*k))
+    }
+
     /// Decrypts nodes that arrive outside `f` (action packets, `p` answers).
     pub fn decrypt(&self, node: WireNode) -> DecryptedNode {
         let mut keys = self.keys.write().expect("key ring lock");

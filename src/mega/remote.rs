@@ -460,7 +460,8 @@ fn node_key(node: &Node) -> Result<NodeKey> {
 }
 
 /// The attributes for `meta`, keeping every other key of `base` (other clients' attributes).
-fn attributes(
+/// Also what `veilfs put` gives the files it uploads, so they look the same as the mount's.
+pub fn attributes(
     base: &Map<String, Value>,
     meta: &Meta,
     fingerprint: Option<String>,

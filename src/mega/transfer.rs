@@ -65,23 +65,65 @@ pub async fn upload_file(
     options: TransferOptions,
     progress: impl Fn(u64) + Send + Sync + 'static,
 ) -> Result<UploadedData> {
-    let size = tokio::fs::metadata(path)
+    let size = local_size(path).await?;
+    let url = upload_url(api, size, options).await?;
+    let resume = UploadResume {
+        url,
+        ..UploadResume::default()
+    };
+    upload_to(api, path, key, &resume, progress, |_, _| {}).await
+}
+
+async fn local_size(path: &Path) -> Result<u64> {
+    Ok(tokio::fs::metadata(path)
         .await
         .map_err(|e| MegaError::Network(format!("reading {}: {e}", path.display())))?
-        .len();
+        .len())
+}
+
+/// Asks for an upload URL for `size` bytes (`u`).
+pub async fn upload_url(api: &ApiClient, size: u64, options: TransferOptions) -> Result<String> {
     let answer = api
         .call(json!({"a": "u", "s": size, "ssl": options.ssl(), "v": 2, "ms": 0, "r": 0, "e": 0}))
         .await?;
-    let url = answer
+    Ok(answer
         .get("p")
         .and_then(|p| p.as_str())
         .ok_or_else(|| MegaError::malformed("upload answer without p"))?
-        .to_string();
+        .to_string())
+}
 
+/// Where an upload stands: its URL, the POSTs (by start offset) the server has acknowledged,
+/// and the completion token once a POST answered it. Enough to carry on after the uploading
+/// process died, for as long as the server keeps the upload open.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct UploadResume {
+    pub url: String,
+    pub done: std::collections::BTreeSet<u64>,
+    pub token: Option<String>,
+}
+
+/// Sends the POSTs of `path` that `resume` does not list as done to `resume.url`. The MACs of
+/// the chunks already sent are recomputed from the local file (the server never returns them).
+/// `on_post(start, token)` runs after each acknowledged POST, before `progress`.
+pub async fn upload_to(
+    api: &ApiClient,
+    path: &Path,
+    key: &FileKey,
+    resume: &UploadResume,
+    progress: impl Fn(u64) + Send + Sync + 'static,
+    on_post: impl Fn(u64, Option<&str>) + Send + Sync + 'static,
+) -> Result<UploadedData> {
+    let size = local_size(path).await?;
+    let url = resume.url.clone();
     if size == 0 {
-        let token = post_chunk(api, &url, 0, Bytes::new()).await?;
+        let token = match &resume.token {
+            Some(token) => Some(token.clone()),
+            None => post_chunk(api, &url, 0, Bytes::new()).await?,
+        };
         let token =
             token.ok_or_else(|| MegaError::malformed("no completion token for an empty file"))?;
+        on_post(0, Some(&token));
         return Ok(UploadedData {
             token,
             meta_mac: [0; 8],
@@ -93,6 +135,7 @@ pub async fn upload_file(
     let posts = upload_posts(size);
     let macs = Arc::new(std::sync::Mutex::new(mc::MacAccumulator::new(key, size)));
     let progress = Arc::new(progress);
+    let on_post = Arc::new(on_post);
     let semaphore = Arc::new(tokio::sync::Semaphore::new(UPLOAD_PARALLELISM));
     let mut tasks = tokio::task::JoinSet::new();
     for range in posts {
@@ -101,11 +144,13 @@ pub async fn upload_file(
             .acquire_owned()
             .await
             .expect("semaphore open");
-        let (path, key, macs, progress, url) = (
+        let already_sent = resume.done.contains(&range.start);
+        let (path, key, macs, progress, on_post, url) = (
             path.to_path_buf(),
             key.clone(),
             macs.clone(),
             progress.clone(),
+            on_post.clone(),
             url.clone(),
         );
         let api_http = api.http().clone();
@@ -118,12 +163,17 @@ pub async fn upload_file(
                 tokio::task::spawn_blocking(move || encrypt_range(&path, &key, range, &macs))
                     .await
                     .map_err(|e| MegaError::Network(e.to_string()))??;
+            if already_sent {
+                progress(len);
+                return Ok(None);
+            }
             let token = post_with_retry(&api_http, &policy, &url, start, body).await?;
+            on_post(start, token.as_deref());
             progress(len);
             Ok::<_, MegaError>(token)
         });
     }
-    let mut token = None;
+    let mut token = resume.token.clone();
     while let Some(joined) = tasks.join_next().await {
         let result = joined.map_err(|e| MegaError::Network(e.to_string()))?;
         if let Some(t) = result? {
@@ -146,6 +196,90 @@ pub async fn upload_file(
         size,
         chunk_macs,
     })
+}
+
+/// Downloads a whole file from `url` into `out` (which must be empty), decrypting under `key`
+/// and checking every chunk's MAC against `meta_mac` before it returns: a file that does not
+/// match its key is an error, never a silent success. `progress` gets the bytes of each range
+/// written.
+#[allow(clippy::too_many_arguments)]
+pub async fn download_to_file(
+    http: &reqwest::Client,
+    policy: &crate::retry::RetryPolicy,
+    url: &str,
+    key: &FileKey,
+    meta_mac: &[u8; 8],
+    size: u64,
+    out: &std::fs::File,
+    progress: impl Fn(u64) + Send + Sync + 'static,
+) -> Result<()> {
+    if size == 0 {
+        return Ok(());
+    }
+    let out = Arc::new(
+        out.try_clone()
+            .map_err(|e| MegaError::Network(format!("local file: {e}")))?,
+    );
+    let macs = Arc::new(std::sync::Mutex::new(mc::MacAccumulator::new(key, size)));
+    let progress = Arc::new(progress);
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(UPLOAD_PARALLELISM));
+    let mut tasks = tokio::task::JoinSet::new();
+    // The same chunk-aligned ranges as an upload: each range's MACs can be computed alone.
+    for range in upload_posts(size) {
+        let permit = semaphore
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open");
+        let (http, policy, url, key, macs, out, progress) = (
+            http.clone(),
+            policy.clone(),
+            url.to_string(),
+            key.clone(),
+            macs.clone(),
+            out.clone(),
+            progress.clone(),
+        );
+        tasks.spawn(async move {
+            let _permit = permit;
+            let data = fetch_range(&http, &policy, &url, range.clone()).await?;
+            let len = range.end - range.start;
+            tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut plain = data.to_vec();
+                mc::ctr_apply(&key, range.start, &mut plain);
+                let first = mc::chunk_index(range.start);
+                let spans: Vec<_> = (first..)
+                    .map(|i| mc::chunk_range(i, range.end))
+                    .take_while(|r| !r.is_empty())
+                    .collect();
+                let chunks: Vec<&[u8]> = spans
+                    .iter()
+                    .map(|r| {
+                        &plain[(r.start - range.start) as usize..(r.end - range.start) as usize]
+                    })
+                    .collect();
+                let chunk_macs = mc::chunk_macs(&key, &chunks);
+                {
+                    let mut acc = macs.lock().expect("mac lock");
+                    for (i, mac) in chunk_macs.into_iter().enumerate() {
+                        acc.insert(first + i as u64, mac)?;
+                    }
+                }
+                out.write_all_at(&plain, range.start)
+                    .map_err(|e| MegaError::Network(format!("writing the local file: {e}")))
+            })
+            .await
+            .map_err(|e| MegaError::Network(e.to_string()))??;
+            progress(len);
+            Ok::<_, MegaError>(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.map_err(|e| MegaError::Network(e.to_string()))??;
+    }
+    macs.lock().expect("mac lock").verify(meta_mac)?;
+    Ok(())
 }
 
 /// Reads `range` of the plaintext file, records its chunk MACs and returns the ciphertext.

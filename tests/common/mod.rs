@@ -4,6 +4,7 @@
 use std::io::Write;
 
 pub mod mount;
+pub mod shell;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
