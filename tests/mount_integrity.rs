@@ -366,9 +366,21 @@ fn a_write_closed_while_the_server_is_dead_is_uploaded_once_it_is_back() {
         .expect("overwrite with the server down");
     // The mount serves the new content at once.
     assert!(fs::read(f.path("offline.bin")).unwrap() == data);
+    // The unmount waits for them, and says so while the server is still away.
+    let mut unmount = f.start_unmount();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(unmount.stdout.as_mut().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(
+        first.starts_with("waiting for 2 queued uploads ("),
+        "unmount printed {first:?}"
+    );
     f.start_server();
-
-    f.unmount(); // waits for the queued uploads
+    let rest = f.finish_unmount(unmount);
+    assert!(rest.trim_end().ends_with("all uploads done"), "{rest}");
     wipe_block_cache(&f);
     f.mount();
     assert!(fs::read(f.path("offline.bin")).unwrap() == data);

@@ -10,7 +10,6 @@
 //! SIGTERM or `veilfs unmount` unmount cleanly; queued uploads are then drained (bounded), and
 //! whatever is left stays in the journal for the next mount.
 
-use std::io::Write as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -447,6 +446,35 @@ fn is_running(pid: i32) -> bool {
 }
 
 /// `veilfs unmount`: detaches the mount, then waits for the daemon to upload what is queued.
+/// Waits for the daemon of an unmounted drive to exit, showing the uploads it still has to
+/// finish (asked of its status socket) whenever that changes.
+fn wait_for_daemon(pid: i32, socket: &Path) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok();
+    let mut shown: Option<(usize, u64)> = None;
+    while is_running(pid) {
+        let report = rt
+            .as_ref()
+            .and_then(|rt| rt.block_on(super::status::ask(socket)).ok());
+        let now = report.map_or((0, 0), |r| (r.pending_uploads, r.pending_bytes));
+        if now.0 > 0 && shown != Some(now) {
+            println!(
+                "waiting for {} queued upload{} ({}) to finish…",
+                now.0,
+                if now.0 == 1 { "" } else { "s" },
+                super::format::size(now.1)
+            );
+            shown = Some(now);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    if shown.is_some() {
+        println!("all uploads done");
+    }
+}
+
 pub fn unmount(args: UnmountArgs) -> anyhow::Result<()> {
     let mountpoint = std::fs::canonicalize(&args.mountpoint)
         .with_context(|| format!("mount point {}", args.mountpoint.display()))?;
@@ -458,6 +486,8 @@ pub fn unmount(args: UnmountArgs) -> anyhow::Result<()> {
     let pid: Option<i32> = std::fs::read_to_string(pid_file(&mountpoint))
         .ok()
         .and_then(|s| s.trim().parse().ok());
+    // The daemon keeps answering status requests while it finishes its uploads.
+    let socket = super::status::socket_path(&mountpoint);
     let status = Command::new("fusermount3")
         .arg("-u")
         .arg(&mountpoint)
@@ -469,18 +499,7 @@ pub fn unmount(args: UnmountArgs) -> anyhow::Result<()> {
         mountpoint.display()
     );
     if let Some(pid) = pid {
-        let mut shown = false;
-        while is_running(pid) {
-            if !shown {
-                print!("waiting for queued uploads to finish…");
-                let _ = std::io::stdout().flush();
-                shown = true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        if shown {
-            println!(" done");
-        }
+        wait_for_daemon(pid, &socket);
     }
     Ok(())
 }

@@ -170,7 +170,7 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-async fn ask(socket: &Path) -> anyhow::Result<Report> {
+pub(super) async fn ask(socket: &Path) -> anyhow::Result<Report> {
     let mut stream = tokio::net::UnixStream::connect(socket)
         .await
         .with_context(|| format!("connecting to {}", socket.display()))?;

@@ -208,12 +208,25 @@ impl MountFixture {
 
     /// `veilfs unmount`, which waits for queued uploads; the daemon must exit cleanly.
     pub fn unmount(&mut self) {
-        let out = self
-            .command()
+        let child = self.start_unmount();
+        self.finish_unmount(child);
+    }
+
+    /// Starts `veilfs unmount` with its output piped, for a test to watch what it prints.
+    pub fn start_unmount(&self) -> Child {
+        self.command()
             .arg("unmount")
             .arg(&self.mnt)
-            .output()
-            .unwrap();
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits for an unmount started by [`MountFixture::start_unmount`] and for the daemon to
+    /// exit cleanly; returns what the unmount printed.
+    pub fn finish_unmount(&mut self, unmount: Child) -> String {
+        let out = unmount.wait_with_output().unwrap();
         assert!(
             out.status.success(),
             "unmount: {}",
@@ -227,6 +240,7 @@ impl MountFixture {
             std::fs::read_to_string(self.log(self.mounts)).unwrap_or_default()
         );
         assert!(!is_mounted(&self.mnt));
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     pub fn remount(&mut self) {
