@@ -1,5 +1,5 @@
 //! What the filesystem needs from a storage service. MEGA implements it today (`mega::remote`);
-//! Filen will implement the same trait, so `vfs/`, `tree/`, `cache/` and `writeback/` never
+//! Filen implements the same trait (`filen::remote`), so `vfs/`, `tree/`, `cache/` and `writeback/` never
 //! learn which service they talk to.
 //!
 //! Nodes cross this boundary as [`tree::Node`]s: already decrypted, with the service's own key
@@ -120,10 +120,14 @@ pub trait Remote: Send + Sync + 'static {
 
     /// Encrypts and sends the plaintext file at `file` (modification time `mtime_ns`). Nothing
     /// is visible until the upload is committed, so this long step needs no lock on the tree.
+    /// `parent` is the folder the file is in when the upload starts: Filen binds chunks to a
+    /// folder as they arrive (MEGA ignores it); a commit into another folder may answer
+    /// [`RemoteError::Unavailable`] so the content is sent again.
     fn upload_content(
         &self,
         file: &Path,
         mtime_ns: i64,
+        parent: &Node,
     ) -> impl Future<Output = Result<Self::Upload>> + Send;
 
     /// Makes an upload a file named by `meta` under `parent`. With `replaces`, the old node's

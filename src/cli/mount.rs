@@ -22,11 +22,14 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::cache::BlockCache;
+use crate::filen::remote::FilenRemote;
+use crate::filen::session::FilenSession;
 use crate::fs::FuseFs;
 use crate::mega::client::MegaClient;
 use crate::mega::remote::MegaRemote;
 use crate::mega::session::{Credentials, Session};
 use crate::mega::transfer::TransferOptions;
+use crate::remote::Remote;
 use crate::retry::RetryPolicy;
 use crate::tree::{Invalidation, Tree, TreeStore};
 use crate::vfs::{Vfs, VfsConfig};
@@ -52,7 +55,7 @@ pub struct MountArgs {
     /// A current two-factor code, for accounts with 2FA (only needed when logging in).
     #[arg(long, value_name = "CODE")]
     pub mfa_code: Option<String>,
-    /// Storage backend (mega; filen is coming).
+    /// Storage backend: mega or filen (filen needs --server, --email and the password).
     #[arg(long, default_value = "mega")]
     pub backend: String,
     /// Local state: encrypted block cache, tree, staging files and upload journal.
@@ -104,9 +107,13 @@ pub(crate) fn pid_file(mountpoint: &Path) -> PathBuf {
 
 pub fn run(mut args: MountArgs) -> anyhow::Result<()> {
     ensure!(
-        args.backend == "mega",
-        "backend {:?} is not available yet",
+        args.backend == "mega" || args.backend == "filen",
+        "unknown backend {:?} (mega or filen)",
         args.backend
+    );
+    ensure!(
+        args.backend != "filen" || args.server.is_some(),
+        "--backend filen needs --server and --email"
     );
     args.mountpoint = std::fs::canonicalize(&args.mountpoint)
         .with_context(|| format!("mount point {}", args.mountpoint.display()))?;
@@ -198,9 +205,23 @@ fn run_daemon(args: MountArgs) -> anyhow::Result<()> {
         .worker_threads(4)
         .enable_all()
         .build()?;
+    if args.backend == "filen" {
+        let (vfs, state) = rt.block_on(prepare_filen(&args))?;
+        return serve_fuse(&args, &rt, vfs, state);
+    }
     // The embedded server (when used) lives as long as this value.
     let (vfs, _server, state) = rt.block_on(prepare(&args))?;
-    // `veilfs status` asks this socket; it goes away with the daemon.
+    serve_fuse(&args, &rt, vfs, state)
+}
+
+/// Mounts `vfs` and serves FUSE requests until unmounted, then drains the upload queue.
+fn serve_fuse<R: Remote>(
+    args: &MountArgs,
+    rt: &tokio::runtime::Runtime,
+    vfs: Arc<Vfs<R>>,
+    state: PathBuf,
+) -> anyhow::Result<()> {
+    // `veilfs status` (and `veilfs unmount`) ask this socket; it goes away with the daemon.
     let _status = super::status::serve(
         rt.handle(),
         &args.mountpoint,
@@ -208,7 +229,6 @@ fn run_daemon(args: MountArgs) -> anyhow::Result<()> {
         state,
         args.cache_size,
     )?;
-
     let mut options = vec![
         fuser::MountOption::FSName("veilfs".into()),
         fuser::MountOption::Subtype("veilfs".into()),
@@ -276,6 +296,65 @@ fn run_daemon(args: MountArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Logs in to a Filen server, opens the local state and makes the tree ready.
+async fn prepare_filen(args: &MountArgs) -> anyhow::Result<(Arc<Vfs<FilenRemote>>, PathBuf)> {
+    let url = args.server.as_deref().context("--server is required")?;
+    let email = args.email.as_deref().context("--email is required")?;
+    let password = super::signup::read_password(args.password_file.as_deref())?;
+    let session = FilenSession::login(url, email, &password)
+        .await
+        .context("logging in to Filen")?;
+    // The current (password-derived) key seals the local state; after a password change the
+    // mount starts from a fresh local state rather than failing to open the old one.
+    let current = session.keys.current().as_str().as_bytes().to_vec();
+    let id = format!(
+        "filen|{url}|{}|{}",
+        session.user_id,
+        hex::encode(&Sha256::digest(&current)[..8])
+    );
+    let mut key = Zeroizing::new([0u8; 32]);
+    Hkdf::<Sha256>::new(Some(b"veilfs local state filen"), &current)
+        .expand(b"tree", &mut key[..])
+        .map_err(|_| anyhow!("key derivation"))?;
+    let state = state_dir(args, &id)?;
+    let vfs = open_vfs(args, &state, &key, FilenRemote::new(session)).await?;
+    Ok((vfs, state))
+}
+
+/// The local state directory of an account, created private.
+fn state_dir(args: &MountArgs, account_id: &str) -> anyhow::Result<PathBuf> {
+    let digest = Sha256::digest(account_id.as_bytes());
+    let state = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| xdg("XDG_CACHE_HOME", ".cache").join("veilfs"))
+        .join(hex::encode(&digest[..8]));
+    std::fs::create_dir_all(&state)?;
+    set_private(&state)?;
+    Ok(state)
+}
+
+/// Opens tree, cache and journal under `state` (sealed with `key`) over `remote`.
+async fn open_vfs<R: Remote>(
+    args: &MountArgs,
+    state: &Path,
+    key: &[u8; 32],
+    remote: R,
+) -> anyhow::Result<Arc<Vfs<R>>> {
+    let tree = Tree::open(TreeStore::open(&state.join("tree"), key)?)?;
+    let cache = BlockCache::open(&state.join("blocks"), args.memory_cache, args.cache_size)?;
+    let wb = Writeback::open(&state.join("writeback"))?;
+    let config = VfsConfig {
+        uid: unsafe { libc::getuid() },
+        gid: unsafe { libc::getgid() },
+        read_only: args.read_only,
+        ..VfsConfig::default()
+    };
+    let vfs = Vfs::new(Arc::new(remote), tree, cache, wb, config);
+    vfs.start().await.context("loading the drive")?;
+    Ok(vfs)
+}
+
 /// Logs in (or starts the embedded server), opens the local state and makes the tree ready.
 async fn prepare(
     args: &MountArgs,
@@ -311,14 +390,7 @@ async fn prepare(
             (client, Some(credentials), Some(server), id)
         }
     };
-    let digest = Sha256::digest(account_id.as_bytes());
-    let state = args
-        .cache_dir
-        .clone()
-        .unwrap_or_else(|| xdg("XDG_CACHE_HOME", ".cache").join("veilfs"))
-        .join(hex::encode(&digest[..8]));
-    std::fs::create_dir_all(&state)?;
-    set_private(&state)?;
+    let state = state_dir(args, &account_id)?;
 
     // Local state is sealed under a key derived from the account's master key: without the
     // account, the tree and cache on disk are unreadable.
@@ -327,23 +399,7 @@ async fn prepare(
     Hkdf::<Sha256>::new(Some(b"veilfs local state"), &master[..])
         .expand(b"tree", &mut key[..])
         .map_err(|_| anyhow!("key derivation"))?;
-    let tree = Tree::open(TreeStore::open(&state.join("tree"), &key)?)?;
-    let cache = BlockCache::open(&state.join("blocks"), args.memory_cache, args.cache_size)?;
-    let wb = Writeback::open(&state.join("writeback"))?;
-    let config = VfsConfig {
-        uid: unsafe { libc::getuid() },
-        gid: unsafe { libc::getgid() },
-        read_only: args.read_only,
-        ..VfsConfig::default()
-    };
-    let vfs = Vfs::new(
-        Arc::new(MegaRemote::new(client, credentials)),
-        tree,
-        cache,
-        wb,
-        config,
-    );
-    vfs.start().await.context("loading the drive")?;
+    let vfs = open_vfs(args, &state, &key, MegaRemote::new(client, credentials)).await?;
     Ok((vfs, server, state))
 }
 

@@ -1,4 +1,5 @@
-//! `veilfs signup --server URL --email E [--password-file F]`: creates a MEGA v2 account the
+//! `veilfs signup --server URL --email E [--password-file F] [--backend filen]`: creates a MEGA
+//! v2 account (or, with `--backend filen`, a Filen auth-v2 account via `filen::signup`) the
 //! way MEGA's own clients do (reference §7.1) and finishes it with an RSA key pair, so any
 //! client, megajs included, can log in right away.
 //!
@@ -20,6 +21,9 @@ pub struct SignupArgs {
     /// File holding the password (its first line). Without it, VEILFS_PASSWORD is used.
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// Account type to create: mega or filen.
+    #[arg(long, default_value = "mega")]
+    pub backend: String,
     /// Display name; defaults to the part of the e-mail before '@'.
     #[arg(long)]
     pub name: Option<String>,
@@ -46,6 +50,17 @@ pub fn read_password(file: Option<&std::path::Path>) -> anyhow::Result<Zeroizing
 
 pub async fn run(args: SignupArgs) -> anyhow::Result<()> {
     let password = read_password(args.password_file.as_deref())?;
+    match args.backend.as_str() {
+        "mega" => {}
+        "filen" => {
+            crate::filen::signup::register(&args.server, &args.email, &password)
+                .await
+                .context("registering the Filen account")?;
+            println!("created Filen account {}", args.email.to_lowercase());
+            return Ok(());
+        }
+        other => anyhow::bail!("unknown backend {other:?} (mega or filen)"),
+    }
     let name = args
         .name
         .clone()

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::mega::remote::MegaRemote;
+use crate::remote::Remote;
 use crate::vfs::Vfs;
 
 /// Errors kept for the report.
@@ -68,10 +68,10 @@ fn disk_usage(dir: &Path) -> u64 {
 
 /// Starts answering status requests for a mount; the socket is removed when the returned guard
 /// drops.
-pub fn serve(
+pub fn serve<R: Remote>(
     rt: &tokio::runtime::Handle,
     mountpoint: &Path,
-    vfs: Arc<Vfs<MegaRemote>>,
+    vfs: Arc<Vfs<R>>,
     state_dir: PathBuf,
     cache_budget: u64,
 ) -> anyhow::Result<SocketGuard> {

@@ -221,7 +221,12 @@ impl Remote for MegaRemote {
 
     type Upload = MegaUpload;
 
-    async fn upload_content(&self, file: &Path, mtime_ns: i64) -> Result<MegaUpload> {
+    async fn upload_content(
+        &self,
+        file: &Path,
+        mtime_ns: i64,
+        _parent: &Node,
+    ) -> Result<MegaUpload> {
         let fingerprint = {
             let f = std::fs::File::open(file)?;
             let size = f.metadata()?.len();

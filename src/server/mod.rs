@@ -12,6 +12,7 @@
 //! - [`transfer`]: `u`/`g` and the upload and download HTTP endpoints;
 //! - [`blobs`]: where ciphertext lives ([`blobs::BlobStore`], a local directory by default);
 //! - [`s3`]: the same in an S3-compatible bucket;
+//! - [`filen`]: the Filen API subset (gateway, ingest, egest) over the same stores;
 //! - [`store`], [`secret`], [`ratelimit`], [`errors`]: plumbing.
 
 pub mod accounts;
@@ -19,6 +20,7 @@ pub mod actions;
 pub mod api;
 pub mod blobs;
 pub mod errors;
+pub mod filen;
 pub mod links;
 pub mod nodes;
 pub mod ratelimit;
@@ -210,6 +212,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/dl/{token}", any(transfer::download_all))
         .route("/dl/{token}/{range}", any(transfer::download_range))
+        // The Filen API beside MEGA's: gateway and ingest under /v3/, egest by chunk path.
+        .route(
+            "/v3/{*path}",
+            any(filen::gateway).layer(DefaultBodyLimit::max(filen::MAX_BODY)),
+        )
+        .route(
+            "/{region}/{bucket}/{uuid}/{index}",
+            axum::routing::get(filen::chunks::egest),
+        )
         .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "not found") })
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             api::panic_response,

@@ -413,7 +413,7 @@ impl<R: Remote> Vfs<R> {
     async fn upload_new(&self, parent: &Node, meta: &Meta, id: u64) -> Result<Node> {
         let upload = self
             .remote
-            .upload_content(&self.wb.path_of(id), meta.mtime_ns)
+            .upload_content(&self.wb.path_of(id), meta.mtime_ns, parent)
             .await?;
         Ok(self
             .remote

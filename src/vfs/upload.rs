@@ -135,9 +135,22 @@ impl<R: Remote> Vfs<R> {
             self.retire(id, None)?;
             return Ok(Outcome::Dropped);
         }
+        // Where the file is now (its folder may still change before the commit).
+        let hint = {
+            let tree = self.tree.read();
+            let parent = tree
+                .ino_of(Handle::from_u64(entry.target))
+                .and_then(|i| tree.node(i))
+                .and_then(|n| n.parent)
+                .unwrap_or(Handle::from_u64(entry.parent));
+            tree.ino_of(parent)
+                .and_then(|i| tree.node(i))
+                .or_else(|| tree.node(ROOT_INO))
+                .ok_or(VfsError::NotFound)?
+        };
         let upload = self
             .remote
-            .upload_content(&self.wb.path_of(id), entry.mtime_ns)
+            .upload_content(&self.wb.path_of(id), entry.mtime_ns, &hint)
             .await?;
 
         let _ns = self.ns.lock().await;
