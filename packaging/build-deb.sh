@@ -20,4 +20,4 @@ gzip -9n target/packaging/man/*.1
 "$bin" completions fish > target/packaging/veilfs.fish
 command -v cargo-deb >/dev/null || cargo install --locked cargo-deb
 cargo deb --no-build --no-strip
-ls target/debian/*.deb
+ls "$target"/debian/*.deb

@@ -5,7 +5,7 @@
 # the package again. Build the .deb first with packaging/build-deb.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-deb=$(ls target/debian/veilfs_*.deb | tail -n 1)
+deb=$(ls "${CARGO_TARGET_DIR:-target}"/debian/veilfs_*.deb | tail -n 1)
 [ "$(id -u)" -eq 0 ] || { echo "test-deb.sh needs root (dpkg -i, mount)" >&2; exit 1; }
 
 work=$(mktemp -d)

@@ -371,6 +371,37 @@ pub async fn get(args: &GetArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The client of a public folder link, for `veilfs mount --link`.
+pub async fn open_folder_link(
+    link: &str,
+    server: Option<&str>,
+    options: crate::mega::transfer::TransferOptions,
+) -> anyhow::Result<crate::mega::client::MegaClient> {
+    let link = parse(link)?;
+    if link.kind != LinkKind::Folder {
+        bail!("only folder links can be mounted; download a file link with `veilfs get LINK`");
+    }
+    let key: [u8; 16] = link
+        .key_bytes()?
+        .as_slice()
+        .try_into()
+        .expect("checked length");
+    let gateway = server.map_or_else(|| link.gateway(), str::to_string);
+    match crate::mega::client::MegaClient::open_public_folder(
+        &gateway,
+        &link.handle,
+        &key,
+        RetryPolicy::default(),
+        options,
+    )
+    .await
+    {
+        Ok(client) => Ok(client),
+        Err(MegaError::Crypto(_)) => Err(LinkError::WrongKey("folder").into()),
+        Err(e) => Err(link_gone(e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -75,6 +75,10 @@ pub struct MountArgs {
     /// Use HTTPS for transfers even where the server offers HTTP.
     #[arg(long)]
     pub force_https: bool,
+    /// Mount a public folder link read-only (https://…/folder/H#KEY or #F!H!KEY), no account
+    /// needed. The API asked is MEGA's for mega.nz links, otherwise the link's own host.
+    #[arg(long, value_name = "LINK", conflicts_with_all = ["server", "embedded_data"])]
+    pub link: Option<String>,
     /// Where the embedded server keeps its data (default $XDG_DATA_HOME/veilfs/embedded).
     #[arg(long, value_name = "DIR", conflicts_with = "server")]
     pub embedded_data: Option<PathBuf>,
@@ -115,6 +119,12 @@ pub fn run(mut args: MountArgs) -> anyhow::Result<()> {
         args.backend != "filen" || args.server.is_some(),
         "--backend filen needs --server and --email"
     );
+    ensure!(
+        args.backend != "filen" || args.link.is_none(),
+        "--link opens MEGA folder links only"
+    );
+    // A public link gives read access only.
+    args.read_only |= args.link.is_some();
     args.mountpoint = std::fs::canonicalize(&args.mountpoint)
         .with_context(|| format!("mount point {}", args.mountpoint.display()))?;
     ensure!(
@@ -367,6 +377,12 @@ async fn prepare(
         force_https: args.force_https,
     };
     let (client, credentials, server, account_id) = match &args.server {
+        _ if args.link.is_some() => {
+            let link = args.link.as_deref().expect("checked");
+            let client = super::links::open_folder_link(link, None, options).await?;
+            let id = format!("link|{}", client.session().user_handle);
+            (client, None, None, id)
+        }
         Some(url) => {
             let email = args
                 .email

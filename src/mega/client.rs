@@ -29,6 +29,9 @@ pub struct MegaClient {
     /// Our client instance id (`i`, mega-reference §3.3): the server copies it into the action
     /// packets our own commands cause, so the poller can tell them from other clients' changes.
     instance: String,
+    /// For a public folder link: the folder's root handle. Its `f` shows the folder as the
+    /// tree's root, and there is no change feed to follow.
+    public_root: Option<String>,
 }
 
 impl MegaClient {
@@ -59,7 +62,45 @@ impl MegaClient {
             keys: RwLock::new(keys),
             options,
             instance: mc::b64_encode(&crate::crypto::random_array::<8>())[..10].to_string(),
+            public_root: None,
         })
+    }
+
+    /// Opens a public folder link (`ph` and its 16-byte share key) read-only: every request
+    /// carries `n=<ph>` and no session. Fails with a key error when the key does not open the
+    /// folder.
+    pub async fn open_public_folder(
+        gateway: &str,
+        ph: &str,
+        key: &[u8; 16],
+        policy: RetryPolicy,
+        options: TransferOptions,
+    ) -> Result<Self> {
+        let api = ApiClient::new(gateway, policy)?.with_query("n", ph);
+        let answer = api.call(json!({"a": "f", "c": 1, "ca": 1, "r": 1})).await?;
+        let fetched: FetchNodes =
+            serde_json::from_value(answer).map_err(|e| MegaError::malformed(format!("f: {e}")))?;
+        // The root is the node whose key entry names itself.
+        let root = fetched
+            .f
+            .iter()
+            .find(|n| n.k.split(':').next() == Some(n.h.as_str()))
+            .ok_or_else(|| MegaError::malformed("folder link without a root"))?
+            .clone();
+        let session = Session::public_folder(api.gateway(), &root.h, key);
+        let mut client = Self::with_session(api, session, options)?;
+        if client.decrypt(root.clone()).name().is_none() {
+            return Err(MegaError::Crypto(
+                crate::crypto::CryptoError::Authentication("folder link key"),
+            ));
+        }
+        client.public_root = Some(root.h);
+        Ok(client)
+    }
+
+    /// Whether this client reads a public folder link.
+    pub fn is_public_folder(&self) -> bool {
+        self.public_root.is_some()
     }
 
     pub fn api(&self) -> &ApiClient {
@@ -94,7 +135,15 @@ impl MegaClient {
         for node in &fetched.f {
             keys.learn_incoming_share(node);
         }
-        let nodes = fetched.f.into_iter().map(|n| keys.decrypt(n)).collect();
+        let mut nodes: Vec<DecryptedNode> =
+            fetched.f.into_iter().map(|n| keys.decrypt(n)).collect();
+        if let Some(root) = &self.public_root {
+            // The shared folder stands in for the Cloud Drive root; its parent is not ours to see.
+            for node in nodes.iter_mut().filter(|n| &n.wire.h == root) {
+                node.wire.t = wire::NODE_ROOT;
+                node.wire.p = String::new();
+            }
+        }
         Ok((nodes, fetched.sn))
     }
 
@@ -254,6 +303,10 @@ impl MegaClient {
 
     /// Storage use and limit (`uq`).
     pub async fn quota(&self) -> Result<Quota> {
+        if self.public_root.is_some() {
+            // A visitor of a link has no storage of their own (and `uq` needs a session).
+            return Ok(Quota { used: 0, total: 0 });
+        }
         let answer = self.api.call(json!({"a": "uq", "strg": 1})).await?;
         let field = |name: &str| {
             answer
@@ -269,6 +322,16 @@ impl MegaClient {
 
     /// One `sc` poll: new action packets since `sn`, or a URL to wait on when there are none.
     pub async fn poll_actions(&self, sn: &str) -> Result<ActionPackets> {
+        if self.public_root.is_some() {
+            // A folder link is read as a snapshot (the server has no change feed for links):
+            // answer "nothing new" at a long-poll's pace; a remount shows later changes.
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            return Ok(ActionPackets {
+                a: Some(Vec::new()),
+                sn: Some(sn.to_string()),
+                w: None,
+            });
+        }
         let sid = self.api.session().unwrap_or_default();
         let url = format!("{}sc?sn={sn}&sid={sid}", self.api.gateway());
         let response = self

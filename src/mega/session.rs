@@ -176,6 +176,20 @@ impl Session {
         })
     }
 
+    /// The stand-in session of a public folder link: no session id, the folder's share key in
+    /// the master key's place and the folder's root handle as "us" (mega-reference §8.3), so
+    /// the key ring opens every node of the link.
+    pub fn public_folder(server: &str, root: &str, key: &[u8; 16]) -> Session {
+        Session {
+            server: server.to_string(),
+            email: String::new(),
+            user_handle: root.to_string(),
+            sid: String::new(),
+            master_key: mc::b64_encode(key),
+            privk: None,
+        }
+    }
+
     /// Makes `api` use this session.
     pub fn activate(&self, api: &ApiClient) {
         api.set_session(Some(self.sid.clone()));
