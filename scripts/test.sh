@@ -57,6 +57,14 @@ export VEILFS_REQUIRE_GARAGE=1
 log "cargo test"
 cargo test --all-targets --no-fail-fast
 
+# The Debian package, end to end: built around the binary the tests just built, installed with
+# dpkg, mounted through `mount -t veilfs`, a file written and read, removed again.
+if [ "$(id -u)" -eq 0 ]; then
+    log "packaging: build the .deb, dpkg -i, mount -t veilfs"
+    VEILFS_DEB_BINARY="${CARGO_TARGET_DIR:-target}/debug/veilfs" packaging/build-deb.sh
+    packaging/test-deb.sh
+fi
+
 # A short run of the /cs decoder fuzz target (tests/server_decoder.rs also throws random input at
 # the same decoder in every run). cargo-fuzz is installed once into the tool cache, like Garage;
 # its build directory lives there too, so later runs only rebuild veilfs itself. cargo-fuzz
