@@ -5,19 +5,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"
 rm -rf target/packaging
-mkdir -p target/packaging/man target/release
+mkdir -p target/packaging/man "$target/release"
+# cargo-deb takes the binary from "$target/release" (it follows CARGO_TARGET_DIR) and the
+# generated files below from target/packaging in the checkout.
+bin="$target/release/veilfs"
 if [ -n "${VEILFS_DEB_BINARY:-}" ]; then
     # CI packages the binary its tests already built (debug info stripped) instead of
     # spending minutes on a release build: what is proven is the packaging, not the optimizer.
-    objcopy --strip-debug "$VEILFS_DEB_BINARY" target/release/veilfs
+    objcopy --strip-debug "$VEILFS_DEB_BINARY" "$bin"
 else
     cargo build --release --locked
-    # cargo-deb reads assets from target/ relative to the checkout; follow a custom target dir.
-    if [ "$target" != "target" ]; then
-        cp "$target/release/veilfs" target/release/veilfs
-    fi
 fi
-bin=target/release/veilfs
 "$bin" man --out-dir target/packaging/man
 gzip -9n target/packaging/man/*.1
 "$bin" completions bash > target/packaging/veilfs.bash
