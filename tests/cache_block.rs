@@ -187,6 +187,26 @@ fn disk_budget_evicts_least_recently_used_across_both_layers() {
 }
 
 #[test]
+fn release_disk_frees_the_least_recently_used_chunks_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let each = BlockCache::disk_size_of(100);
+    let cache = BlockCache::open(dir.path(), 0, 10 * each).unwrap();
+    let ids: Vec<ChunkId> = (0..4).map(|i| chunk("r", i)).collect();
+    for id in &ids {
+        cache.insert(*id, data(id, 100)).unwrap();
+    }
+    // Asking for a little more than one chunk frees the two oldest.
+    assert_eq!(cache.release_disk(each + 1), 2 * each);
+    assert_eq!(chunk_files(dir.path()).len(), 2);
+    assert!(cache.get(&ids[0]).is_none() && cache.get(&ids[1]).is_none());
+    assert_eq!(cache.get(&ids[3]).unwrap(), data(&ids[3], 100));
+    // Asking for more than there is frees what there is.
+    assert_eq!(cache.release_disk(u64::MAX), 2 * each);
+    assert_eq!(cache.stats().disk_chunks, 0);
+    assert_eq!(cache.release_disk(1), 0);
+}
+
+#[test]
 fn invalidate_drops_every_chunk_of_one_content_only() {
     let dir = tempfile::tempdir().unwrap();
     let cache = BlockCache::open(dir.path(), MIB, MIB).unwrap();

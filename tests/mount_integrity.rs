@@ -10,6 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use common::mount::{MountFixture, pattern};
 
@@ -434,6 +435,18 @@ impl Drop for Tmpfs {
 fn a_full_staging_disk_fails_the_write_with_enospc_and_loses_nothing_acknowledged() {
     let disk = Tmpfs::new("24m");
     let mut f = MountFixture::with_cache_dir(disk.path());
+
+    // Cached chunks are expendable and give way to a write: 12 MiB read into the on-disk cache,
+    // then 16 MiB written, more than what is left beside them.
+    let cached = pattern(12 * 1024 * 1024, 5);
+    fs::write(f.path("cached.bin"), &cached).unwrap();
+    f.unmount();
+    f.mount();
+    assert!(fs::read(f.path("cached.bin")).unwrap() == cached);
+    let fits = pattern(16 * 1024 * 1024, 6);
+    write_and_close(&f.path("fits.bin"), &fits).expect("the cache makes room for a write");
+    assert!(fs::read(f.path("fits.bin")).unwrap() == fits);
+
     let kept = pattern(2 * 1024 * 1024, 3);
     fs::write(f.path("kept.bin"), &kept).unwrap();
 
@@ -445,7 +458,18 @@ fn a_full_staging_disk_fails_the_write_with_enospc_and_loses_nothing_acknowledge
     // What was acknowledged before is intact, and the mount still works once space is freed.
     assert!(fs::read(f.path("kept.bin")).unwrap() == kept);
     fs::remove_file(f.path("big.bin")).unwrap();
-    fs::write(f.path("after.txt"), b"written after the disk was full").unwrap();
+    // The kernel sends the closed handle's RELEASE after `close()` returns, so the removed
+    // file's staging space comes back a moment after `rm`: wait for it as a user would.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match fs::write(f.path("after.txt"), b"written after the disk was full") {
+            Ok(()) => break,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => panic!("the space of the removed file never came back: {e}"),
+        }
+    }
 
     f.unmount(); // waits for the uploads
     fs::remove_dir_all(
@@ -460,6 +484,7 @@ fn a_full_staging_disk_fails_the_write_with_enospc_and_loses_nothing_acknowledge
     .unwrap();
     f.mount();
     assert!(fs::read(f.path("kept.bin")).unwrap() == kept);
+    assert!(fs::read(f.path("fits.bin")).unwrap() == fits);
     assert_eq!(
         fs::read(f.path("after.txt")).unwrap(),
         b"written after the disk was full"

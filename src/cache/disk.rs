@@ -389,6 +389,27 @@ impl DiskStore {
         Ok(())
     }
 
+    /// Evicts least recently used chunks until `bytes` are freed or none is left; returns
+    /// what was freed.
+    pub(crate) fn release(&self, bytes: u64) -> u64 {
+        let (victims, freed) = {
+            let mut index = self.index.lock();
+            let mut victims = Vec::new();
+            let mut freed = 0;
+            while freed < bytes {
+                let Some((id, len)) = index.lru.pop_lru() else {
+                    break;
+                };
+                index.bytes -= len;
+                freed += len;
+                victims.push(id);
+            }
+            (victims, freed)
+        };
+        self.remove_files(&victims);
+        freed
+    }
+
     /// Removes every chunk of `content`.
     pub(crate) fn invalidate(&self, content: &ContentId) {
         {

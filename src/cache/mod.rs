@@ -231,6 +231,13 @@ impl BlockCache {
     }
 
     /// Drops every chunk of `content` from both layers (its file changed or is gone).
+    /// Gives disk space back to the system: evicts least recently used chunks from the disk
+    /// layer until `bytes` are freed. The cache is expendable; staged writes are not, so a
+    /// write that finds the disk full asks the cache to make room first.
+    pub fn release_disk(&self, bytes: u64) -> u64 {
+        self.disk.as_ref().map_or(0, |d| d.release(bytes))
+    }
+
     pub fn invalidate(&self, content: &ContentId) {
         let mut evicted = Vec::new();
         {

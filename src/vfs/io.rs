@@ -62,6 +62,27 @@ pub(super) struct ReadState {
     corrupt: Mutex<HashSet<ChunkId>>,
 }
 
+/// Freed beyond the immediate need when the staging disk is full, so that the next writes do
+/// not each hit the full disk again.
+const ROOM_SLACK: u64 = 16 * 1024 * 1024;
+
+/// Errors that may say "no space left on the device".
+trait StorageError {
+    fn is_full(&self) -> bool;
+}
+
+impl StorageError for std::io::Error {
+    fn is_full(&self) -> bool {
+        self.kind() == std::io::ErrorKind::StorageFull
+    }
+}
+
+impl StorageError for crate::writeback::WritebackError {
+    fn is_full(&self) -> bool {
+        self.io_error().is_some_and(StorageError::is_full)
+    }
+}
+
 impl<R: Remote> Vfs<R> {
     pub(super) fn add_handle(&self, ino: u64, writable: bool) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -217,17 +238,37 @@ impl<R: Remote> Vfs<R> {
         Ok(true)
     }
 
+    /// Runs a staging operation that needs about `need` bytes of disk; if the disk is full,
+    /// evicts cached chunks (expendable, unlike staged writes) and tries once more.
+    fn making_room<T, E>(&self, need: u64, mut op: impl FnMut() -> Result<T, E>) -> Result<T>
+    where
+        E: StorageError + Into<VfsError>,
+    {
+        match op() {
+            Err(e) if e.is_full() && self.cache.release_disk(need + ROOM_SLACK) > 0 => {
+                tracing::info!(
+                    need,
+                    "staging disk full: evicted cached chunks to make room"
+                );
+                op().map_err(Into::into)
+            }
+            other => other.map_err(Into::into),
+        }
+    }
+
     /// Before changing local content: a sealed staging file belongs to its queued upload, so
     /// writes continue on a copy (or on a new empty file when `empty`).
     fn writable_copy(&self, local: &mut LocalFile, empty: bool) -> Result<()> {
         if !local.sealed || local.unlinked {
             return Ok(());
         }
-        let (id, file) = if empty {
-            self.wb.create()?
-        } else {
-            self.wb.copy(local.id)?
-        };
+        let (id, file) = self.making_room(local.size, || {
+            if empty {
+                self.wb.create()
+            } else {
+                self.wb.copy(local.id)
+            }
+        })?;
         local.id = id;
         local.file = Arc::new(file);
         local.sealed = false;
@@ -242,7 +283,8 @@ impl<R: Remote> Vfs<R> {
         let mut files = self.files.lock();
         let local = files.get_mut(&h.ino).ok_or(VfsError::BadHandle)?;
         self.writable_copy(local, false)?;
-        local.file.write_all_at(data, offset)?;
+        let file = local.file.clone();
+        self.making_room(data.len() as u64, || file.write_all_at(data, offset))?;
         local.size = local.size.max(offset + data.len() as u64);
         local.mtime_ns = now_ns();
         local.dirty = true;
@@ -407,6 +449,7 @@ impl<R: Remote> Vfs<R> {
         local.dirty = false;
         for id in std::mem::take(&mut local.queued) {
             self.wb.finish(id)?;
+            self.uploads.cancel(id);
         }
         if !open {
             // Open handles keep reading it until the last closes (`last_closed`).

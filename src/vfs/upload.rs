@@ -1,11 +1,12 @@
 //! Upload workers: take sealed staging files from the journal, upload them, and commit each as
 //! the new content of its node — never losing one, never letting an older one win.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 
 use super::{LocalFile, Result, Vfs, VfsError};
 use crate::remote::{Meta, Remote, RemoteError};
@@ -18,6 +19,10 @@ pub(super) struct Queue {
     tx: mpsc::UnboundedSender<u64>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<u64>>>,
     workers: usize,
+    /// Uploads under way, each with the signal that abandons it (its file was deleted): an
+    /// abandoned upload stops reading its staging file at once, so a deleted file's space is
+    /// free when `unlink` returns rather than when a long upload would have ended.
+    running: Mutex<HashMap<u64, Arc<Notify>>>,
 }
 
 impl Queue {
@@ -27,11 +32,24 @@ impl Queue {
             tx,
             rx: Mutex::new(Some(rx)),
             workers: workers.max(1),
+            running: Mutex::new(HashMap::new()),
         }
     }
 
     pub(super) fn submit(&self, id: u64) {
         let _ = self.tx.send(id);
+    }
+
+    /// Abandons upload `id` if it is under way; its journal entry must already be gone (an
+    /// upload that has not started finds none and drops itself).
+    ///
+    /// Called under the namespace lock, which the commit phase also holds: an upload is
+    /// abandoned before its commit or not at all, never halfway through one.
+    pub(super) fn cancel(&self, id: u64) {
+        if let Some(signal) = self.running.lock().get(&id) {
+            // `notify_one` keeps the wake-up for a worker not yet waiting on it.
+            signal.notify_one();
+        }
     }
 }
 
@@ -96,6 +114,16 @@ impl<R: Remote> Vfs<R> {
     /// Retries an upload until it is committed or dropped: an acknowledged write stays queued
     /// through a dead server or a full quota, however long that takes.
     async fn upload_until_done(self: &Arc<Self>, id: u64) {
+        let signal = Arc::new(Notify::new());
+        self.uploads.running.lock().insert(id, signal.clone());
+        tokio::select! {
+            () = self.retry_upload(id) => {}
+            () = signal.notified() => tracing::debug!(id, "upload abandoned: its file was deleted"),
+        }
+        self.uploads.running.lock().remove(&id);
+    }
+
+    async fn retry_upload(self: &Arc<Self>, id: u64) {
         let mut attempt = 0u32;
         loop {
             match self.upload_once(id).await {

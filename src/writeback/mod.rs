@@ -141,10 +141,14 @@ impl Writeback {
             path: src.clone(),
             source,
         })?;
-        std::io::copy(&mut input, &mut file).map_err(|source| WritebackError::Io {
-            path: self.path_of(id),
-            source,
-        })?;
+        if let Err(source) = std::io::copy(&mut input, &mut file) {
+            // A half copy would hold disk space nobody refers to.
+            self.discard(id);
+            return Err(WritebackError::Io {
+                path: self.path_of(id),
+                source,
+            });
+        }
         Ok((id, file))
     }
 
