@@ -11,7 +11,8 @@
 //! clients ignore them and read `lastModified`, which we keep in step.
 //!
 //! Filen offers no change feed over HTTP (its socket is out of scope), so [`Remote::poll`]
-//! waits [`POLL_INTERVAL`] and asks for a full re-read, which the tree diffs.
+//! waits [`POLL_INTERVAL`] (not at all the first time) and asks for a full re-read, which the
+//! tree diffs.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -51,6 +52,9 @@ pub struct FilenUpload {
 
 pub struct FilenRemote {
     session: FilenSession,
+    /// The first poll after the mount starts re-reads at once: the tree kept from the last
+    /// mount may be old.
+    caught_up: std::sync::atomic::AtomicBool,
 }
 
 pub fn handle_of(uuid: &str) -> Handle {
@@ -146,7 +150,10 @@ fn chunk_range(size: u64, index: u64) -> Range<u64> {
 
 impl FilenRemote {
     pub fn new(session: FilenSession) -> Self {
-        FilenRemote { session }
+        FilenRemote {
+            session,
+            caught_up: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     pub fn session(&self) -> &FilenSession {
@@ -294,7 +301,12 @@ impl Remote for FilenRemote {
     }
 
     async fn poll(&self, _seq: &str, _lookup: Lookup<'_>) -> Result<Polled> {
-        tokio::time::sleep(POLL_INTERVAL).await;
+        if self
+            .caught_up
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
         Err(RemoteError::Reload)
     }
 

@@ -21,21 +21,29 @@ pub struct MountFixture {
     daemon: Option<Child>,
     mounts: u32,
     cache_dir: Option<PathBuf>,
+    /// `mega` or `filen`: the account type and the mount's `--backend`.
+    backend: &'static str,
 }
 
 impl MountFixture {
     /// A server with one account, mounted.
     pub fn new() -> Self {
-        Self::build(None)
+        Self::build(None, "mega")
+    }
+
+    /// A server with one Filen account (made by `veilfs signup --backend filen`), mounted
+    /// with `--backend filen`.
+    pub fn filen() -> Self {
+        Self::build(None, "filen")
     }
 
     /// Like [`MountFixture::new`], with the mount's local state in `cache_dir` (a small tmpfs,
     /// say) instead of inside the fixture.
     pub fn with_cache_dir(cache_dir: PathBuf) -> Self {
-        Self::build(Some(cache_dir))
+        Self::build(Some(cache_dir), "mega")
     }
 
-    fn build(cache_dir: Option<PathBuf>) -> Self {
+    fn build(cache_dir: Option<PathBuf>, backend: &'static str) -> Self {
         let root = tempfile::Builder::new()
             .prefix("veilfs-mount-")
             .tempdir()
@@ -57,11 +65,14 @@ impl MountFixture {
             daemon: None,
             mounts: 0,
             cache_dir,
+            backend,
         };
         let out = f
             .command()
             .args([
                 "signup",
+                "--backend",
+                f.backend,
                 "--server",
                 &f.url,
                 "--email",
@@ -178,6 +189,8 @@ impl MountFixture {
             .arg("mount")
             .arg(&self.mnt)
             .args([
+                "--backend",
+                self.backend,
                 "--server",
                 &self.url,
                 "--email",
