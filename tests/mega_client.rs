@@ -12,7 +12,7 @@ use veilfs::crypto::mega as mc;
 use veilfs::mega::nodes::{DecryptedNode, NodeKey};
 use veilfs::mega::session::{Credentials, Session};
 use veilfs::mega::transfer::TransferOptions;
-use veilfs::mega::{MegaClient, MegaError};
+use veilfs::mega::{MegaClient, MegaError, NewContent, NewNode};
 use veilfs::retry::RetryPolicy;
 use veilfs::server::{self, ServerConfig};
 
@@ -309,4 +309,85 @@ async fn a_second_client_sees_changes_through_action_packets() {
         }
     }
     assert!(seen, "the second client saw the first one's folder");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_batch_creates_nested_folders_and_files_in_order() {
+    let f = fixture("batch@example.com").await;
+    let client = login(&f).await;
+    let (nodes, _) = client.fetch_tree().await.unwrap();
+    let root = root(&nodes);
+    let dir = tempfile::tempdir().unwrap();
+    let mut batch = vec![NewNode {
+        parent: None,
+        content: NewContent::Folder,
+        attributes: attrs("outer"),
+    }];
+    batch.push(NewNode {
+        parent: Some(0),
+        content: NewContent::Folder,
+        attributes: attrs("inner ✓"),
+    });
+    let mut contents = Vec::new();
+    for (i, size) in [0usize, 1, 300_000].into_iter().enumerate() {
+        let data = pattern(size, i as u8);
+        let path = dir.path().join(format!("f{i}"));
+        std::fs::write(&path, &data).unwrap();
+        let (key, uploaded) = client.upload_data(&path, |_| {}).await.unwrap();
+        batch.push(NewNode {
+            parent: Some(1),
+            content: NewContent::File { key, uploaded },
+            attributes: attrs(&format!("file {i}")),
+        });
+        contents.push(data);
+    }
+    let created = client.put_nodes(&root, batch).await.unwrap();
+    assert_eq!(created.len(), 5);
+    assert_eq!(created[0].wire.p, root);
+    assert_eq!(created[1].wire.p, created[0].wire.h);
+    assert_eq!(created[1].attributes["n"], json!("inner ✓"));
+    for (i, data) in contents.iter().enumerate() {
+        let node = &created[2 + i];
+        assert_eq!(node.wire.p, created[1].wire.h);
+        assert_eq!(node.attributes["n"], json!(format!("file {i}")));
+        if !data.is_empty() {
+            assert!(download(&client, node).await == *data);
+        }
+    }
+    // What a fresh login sees is the same tree.
+    let (again, _) = login(&f).await.fetch_tree().await.unwrap();
+    let inner = again
+        .iter()
+        .find(|n| n.wire.h == created[1].wire.h)
+        .unwrap();
+    assert_eq!(inner.wire.p, created[0].wire.h);
+    assert_eq!(again.iter().filter(|n| n.wire.p == inner.wire.h).count(), 3);
+
+    // A batch with a token already used creates nothing.
+    let path = dir.path().join("again");
+    std::fs::write(&path, b"x").unwrap();
+    let (key, uploaded) = client.upload_data(&path, |_| {}).await.unwrap();
+    let twice = vec![
+        NewNode {
+            parent: None,
+            content: NewContent::Folder,
+            attributes: attrs("never"),
+        },
+        NewNode {
+            parent: None,
+            content: NewContent::File {
+                key: key.clone(),
+                uploaded: uploaded.clone(),
+            },
+            attributes: attrs("a"),
+        },
+        NewNode {
+            parent: None,
+            content: NewContent::File { key, uploaded },
+            attributes: attrs("b"),
+        },
+    ];
+    assert!(client.put_nodes(&root, twice).await.is_err());
+    let (after, _) = client.fetch_tree().await.unwrap();
+    assert_eq!(after.len(), again.len());
 }

@@ -305,6 +305,9 @@ fn a_stalled_download_blocks_neither_listing_nor_cached_files() {
 
     f.pause_server(true);
     let path = f.path("dir/slow.bin");
+    // The tree kept from the last mount holds the committed upload, not the empty node the
+    // file was created as (the store is flushed at unmount).
+    assert_eq!(fs::metadata(&path).unwrap().len(), slow.len() as u64);
     let reader = std::thread::spawn(move || fs::read(path));
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(

@@ -298,6 +298,9 @@ fn serve_fuse<R: Remote>(
     tracing::info!(mountpoint = %args.mountpoint.display(), "mounted");
     let result = session.run();
     let left = rt.block_on(vfs.drain(DRAIN_TIMEOUT));
+    if let Err(error) = vfs.persist_tree() {
+        tracing::warn!(%error, "could not save the tree; the next mount re-reads it");
+    }
     let _ = std::fs::remove_file(&pid_path);
     if left > 0 {
         eprintln!("{left} upload(s) still queued; they resume at the next mount");

@@ -13,5 +13,5 @@ pub mod transfer;
 pub mod wire;
 
 pub use api::ApiClient;
-pub use client::{MegaClient, Quota};
+pub use client::{MegaClient, NewContent, NewNode, Quota};
 pub use error::{ErrorCode, MegaError};

@@ -248,6 +248,17 @@ impl<R: Remote> Vfs<R> {
         }
     }
 
+    /// Makes the local copy of the tree durable. Every change is written atomically as it is
+    /// applied, but the store only reaches the disk every half second by itself: without this
+    /// at unmount, the next mount could start from a tree missing the last commits (and, until
+    /// it caught up with the server, show a just-uploaded file at its old size).
+    pub fn persist_tree(&self) -> Result<()> {
+        if let Some(store) = self.tree.read().store() {
+            store.flush()?;
+        }
+        Ok(())
+    }
+
     // ----- attributes -----
 
     fn stat_of(&self, a: &Attr) -> Stat {
