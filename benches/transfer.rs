@@ -17,16 +17,13 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context as _, anyhow, bail};
+mod common;
+
+use anyhow::{anyhow, bail};
 use futures_util::{StreamExt as _, TryStreamExt as _};
-use serde_json::{Map, Value};
 use veilfs::crypto::mega::{self as mc, FileKey};
 use veilfs::mega::MegaClient;
 use veilfs::mega::nodes::{DecryptedNode, NodeKey};
-use veilfs::mega::session::Credentials;
-use veilfs::mega::transfer::TransferOptions;
-use veilfs::retry::RetryPolicy;
-use zeroize::Zeroizing;
 
 /// Bytes per download GET: whole MAC chunks up to this size, as many GETs in flight as uploads
 /// have POSTs (8 MiB, 4), so both directions pipeline the same way.
@@ -51,32 +48,13 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(files: &[PathBuf]) -> anyhow::Result<()> {
-    let env = |name: &str| std::env::var(name).with_context(|| format!("{name} is not set"));
-    let client = MegaClient::login(
-        &env("VEILFS_BENCH_SERVER")?,
-        &Credentials {
-            email: env("VEILFS_BENCH_EMAIL")?,
-            password: Zeroizing::new(env("VEILFS_BENCH_PASSWORD")?),
-            mfa_code: None,
-        },
-        RetryPolicy::default(),
-        TransferOptions::default(),
-    )
-    .await?;
-    let (nodes, _) = client.fetch_tree().await?;
-    let root = nodes
-        .iter()
-        .find(|n| n.wire.t == 2)
-        .ok_or_else(|| anyhow!("the account has no root folder"))?;
-    let folder = client
-        .mkdir(&root.wire.h, &name_attribute("rust bench"))
-        .await?;
+    let (client, folder) = common::login_with_folder("rust bench").await?;
 
     for path in files {
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         let start = Instant::now();
         let node = client
-            .upload(&folder.wire.h, path, &name_attribute(&name), None, |_| {})
+            .upload(&folder, path, &common::named(&name), None, |_| {})
             .await?;
         let up = start.elapsed().as_secs_f64();
 
@@ -90,12 +68,6 @@ async fn run(files: &[PathBuf]) -> anyhow::Result<()> {
         println!("rust {} {up:.4} {down:.4}", got.len());
     }
     Ok(())
-}
-
-fn name_attribute(name: &str) -> Map<String, Value> {
-    let mut attributes = Map::new();
-    attributes.insert("n".into(), Value::String(name.into()));
-    attributes
 }
 
 /// Downloads and decrypts a file node, checking every chunk MAC against the node's meta-MAC.

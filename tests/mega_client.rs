@@ -391,3 +391,38 @@ async fn one_batch_creates_nested_folders_and_files_in_order() {
     let (after, _) = client.fetch_tree().await.unwrap();
     assert_eq!(after.len(), again.len());
 }
+
+/// Many clients writing at once: every command is answered (the server's store once deadlocked
+/// when several durable writes waited for the disk together).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_concurrent_writers_are_all_answered() {
+    let f = fixture("busy@example.com").await;
+    let client = Arc::new(login(&f).await);
+    let (nodes, _) = client.fetch_tree().await.unwrap();
+    let root = root(&nodes);
+    let work = async {
+        let tasks: Vec<_> = (0..24)
+            .map(|t| {
+                let client = client.clone();
+                let root = root.clone();
+                tokio::spawn(async move {
+                    for i in 0..15 {
+                        client
+                            .mkdir(&root, &attrs(&format!("t{t} d{i}")))
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    };
+    // A generous bound that only a hang exceeds; it is not a speed assertion.
+    tokio::time::timeout(std::time::Duration::from_secs(120), work)
+        .await
+        .expect("the server stopped answering");
+    let (after, _) = client.fetch_tree().await.unwrap();
+    assert_eq!(after.len(), nodes.len() + 24 * 15);
+}

@@ -200,8 +200,7 @@ impl Store {
             return Ok(());
         }
         self.db.apply_batch(writes.batch)?;
-        self.db.flush_async().await?;
-        Ok(())
+        self.flush().await
     }
 
     /// Applies without waiting for the disk: for state whose loss costs a client nothing but a
@@ -213,8 +212,14 @@ impl Store {
         Ok(())
     }
 
+    /// Waits until everything applied so far is on disk.
+    ///
+    /// sled 0.34's `flush_async` deadlocks when several run at once beside batches (sled
+    /// issue #1308: every request of a busy server hung for good, found by the benchmarks'
+    /// 16 parallel uploaders); its blocking `flush`, on the blocking pool, does not.
     pub async fn flush(&self) -> ApiResult<()> {
-        self.db.flush_async().await?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush()).await??;
         Ok(())
     }
 }
