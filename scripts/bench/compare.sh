@@ -340,7 +340,7 @@ RSS_WARM_KB="$PEAK_RSS_KB"
 # The report.
 
 echo
-echo "veilfs $("$BIN" --version | awk '{print $2}'), gocryptfs $(gocryptfs -version | awk '{print $2}' | head -1), rclone $(rclone version | awk 'NR==1 {print $2}'); $(nproc) cores; scale $SCALE"
+echo "veilfs $("$BIN" --version | awk '{print $2}'), gocryptfs $(gocryptfs -version | awk 'NR==1 {print $2}' | tr -d ';'), rclone $(rclone version | awk 'NR==1 {print $2}'); $(nproc) cores; scale $SCALE"
 echo
 awk -F'\t' '
 { order[$1] = order[$1] ? order[$1] : ++n; name[order[$1]] = $1; t[$1, $2] = $3 }
