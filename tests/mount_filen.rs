@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use common::mount::{MountFixture, PASSWORD, pattern};
 use common::run_node;
+use veilfs::crypto::filen as fc;
 
 const MIB: u64 = 1024 * 1024;
 const SIZES: [u64; 6] = [0, 1, MIB - 1, MIB, MIB + 1, 5 * MIB + 3];
@@ -27,6 +28,11 @@ fn sha256_hex(data: &[u8]) -> String {
 }
 
 fn sdk(f: &MountFixture, ops: Vec<Value>) -> Vec<Value> {
+    sdk_as(f, PASSWORD, ops)
+}
+
+/// The SDK logged in to the fixture's account with `password`.
+fn sdk_as(f: &MountFixture, password: &str, ops: Vec<Value>) -> Vec<Value> {
     let port: u16 = f
         .url
         .trim_start_matches("http://")
@@ -39,7 +45,7 @@ fn sdk(f: &MountFixture, ops: Vec<Value>) -> Vec<Value> {
     let out = run_node(
         "filen_sdk.js",
         &[],
-        &json!({"port": port, "email": f.email, "password": PASSWORD, "register": false,
+        &json!({"port": port, "email": f.email, "password": password, "register": false,
             "ops": ops}),
     );
     let results = out["results"].as_array().unwrap().clone();
@@ -159,4 +165,110 @@ fn filen_mount_and_filen_sdk_read_each_others_files() {
         assert_eq!(r[1 + i]["size"], json!(data.len()), "{name}");
         assert_eq!(r[1 + i]["sha256"], json!(sha256_hex(data)), "{name}");
     }
+}
+
+#[test]
+fn after_a_password_change_old_files_read_and_new_ones_use_the_new_key() {
+    const NEW: &str = "a brand-new pässword 2";
+    let mut f = MountFixture::filen();
+    let mounted = pattern((MIB + 9) as usize, 21);
+    fs::write(f.path("vorher (Mount).bin"), &mounted).unwrap();
+    f.unmount();
+    sdk(
+        &f,
+        vec![
+            json!({"op": "write", "path": "/vorher (SDK).bin", "size": 70_000, "seed": 3}),
+            json!({"op": "changePassword", "current": PASSWORD, "new": NEW}),
+        ],
+    );
+
+    // The old password no longer opens the account, and says so.
+    let out = f
+        .command()
+        .args([
+            "mount",
+            "--backend",
+            "filen",
+            "--server",
+            &f.url,
+            "--email",
+            &f.email,
+        ])
+        .arg(f.mnt.clone())
+        .arg("--password-file")
+        .arg(f.root.path().join("password"))
+        .arg("--cache-dir")
+        .arg(f.cache_dir())
+        .arg("--foreground")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the old password mounted");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("logging in to Filen"), "{err}");
+
+    // The new one reads what both wrote under the old master key…
+    f.set_password(NEW);
+    f.mount();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !f.path("vorher (SDK).bin").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the SDK's file never appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(fs::read(f.path("vorher (Mount).bin")).unwrap() == mounted);
+    assert!(fs::read(f.path("vorher (SDK).bin")).unwrap() == sdk_content(70_000, 3));
+    // … and writes with the new one.
+    let after = pattern(300_000, 22);
+    fs::write(f.path("nachher.bin"), &after).unwrap();
+    f.unmount();
+
+    let r = sdk_as(
+        &f,
+        NEW,
+        vec![
+            json!({"op": "read", "path": "/nachher.bin"}),
+            json!({"op": "read", "path": "/vorher (Mount).bin"}),
+        ],
+    );
+    assert_eq!(r[0]["sha256"], json!(sha256_hex(&after)));
+    assert_eq!(r[1]["sha256"], json!(sha256_hex(&mounted)));
+
+    // On the server, the new file's metadata opens with the newest master key only.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let session = veilfs::filen::session::FilenSession::login(&f.url, &f.email, NEW)
+            .await
+            .unwrap();
+        let keys: Vec<String> = session.keys.iter().map(str::to_owned).collect();
+        assert!(
+            keys.len() >= 2,
+            "the key list kept the old key: {}",
+            keys.len()
+        );
+        let newest = session.keys.current().as_str().to_owned();
+        let listing = session
+            .api
+            .post("dir/content", &json!({"uuid": session.base_folder}))
+            .await
+            .unwrap();
+        let mut seen = 0;
+        for item in listing["uploads"].as_array().unwrap() {
+            let meta = item["metadata"].as_str().unwrap();
+            let opens = |key: &str| fc::decrypt_metadata(meta, key).ok();
+            let name = keys
+                .iter()
+                .find_map(|k| opens(k))
+                .map(|m| serde_json::from_str::<Value>(&m).unwrap()["name"].clone());
+            if name == Some(json!("nachher.bin")) {
+                seen += 1;
+                assert!(opens(&newest).is_some());
+                for old in keys.iter().filter(|k| **k != newest) {
+                    assert!(opens(old).is_none(), "the new file opens with an old key");
+                }
+            }
+        }
+        assert_eq!(seen, 1, "the new file in the listing");
+    });
 }

@@ -166,6 +166,11 @@ impl MountFixture {
         }
     }
 
+    /// The password the next mount uses (after a password change, say).
+    pub fn set_password(&self, password: &str) {
+        std::fs::write(self.root.path().join("password"), password).unwrap();
+    }
+
     pub fn server_data(&self) -> PathBuf {
         self.root.path().join("server")
     }

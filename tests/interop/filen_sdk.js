@@ -87,6 +87,9 @@ async function run(sdk, op) {
 			const items = await sdk.cloud().listTrash()
 			return { names: items.map(i => i.name).sort() }
 		}
+		case "changePassword":
+			await sdk.user().changePassword({ currentPassword: op.current, newPassword: op.new })
+			return { ok: true }
 		case "statfs": {
 			const s = await f.statfs()
 			return { used: s.used, max: s.max }
