@@ -153,6 +153,12 @@ pub trait Remote: Send + Sync + 'static {
 
     fn quota(&self) -> impl Future<Output = Result<Quota>> + Send;
 
+    /// Whether `node` belongs to a read-only part of the drive (e.g. a folder someone else
+    /// shares with us): no change in or to it is attempted.
+    fn read_only(&self, _node: &Node) -> bool {
+        false
+    }
+
     /// Identifies the node's current content, for the block cache.
     fn content_id(&self, node: &Node) -> ContentId;
 

@@ -33,6 +33,17 @@ fn sdk(f: &MountFixture, ops: Vec<Value>) -> Vec<Value> {
 
 /// The SDK logged in to the fixture's account with `password`.
 fn sdk_as(f: &MountFixture, password: &str, ops: Vec<Value>) -> Vec<Value> {
+    sdk_user(f, &f.email, password, false, ops)
+}
+
+/// The SDK as any user of the fixture's server (registered first with `register`).
+fn sdk_user(
+    f: &MountFixture,
+    email: &str,
+    password: &str,
+    register: bool,
+    ops: Vec<Value>,
+) -> Vec<Value> {
     let port: u16 = f
         .url
         .trim_start_matches("http://")
@@ -45,7 +56,7 @@ fn sdk_as(f: &MountFixture, password: &str, ops: Vec<Value>) -> Vec<Value> {
     let out = run_node(
         "filen_sdk.js",
         &[],
-        &json!({"port": port, "email": f.email, "password": password, "register": false,
+        &json!({"port": port, "email": email, "password": password, "register": register,
             "ops": ops}),
     );
     let results = out["results"].as_array().unwrap().clone();
@@ -271,4 +282,85 @@ fn after_a_password_change_old_files_read_and_new_ones_use_the_new_key() {
         }
         assert_eq!(seen, 1, "the new file in the listing");
     });
+}
+
+#[test]
+fn folders_shared_with_the_account_read_byte_exact_under_shared_and_refuse_writes() {
+    let mut f = MountFixture::filen();
+    // A Filen app's first login gives the account its key pair, which sharing needs.
+    sdk(&f, vec![]);
+    let top = "/Projekt ✓";
+    let files = [
+        (format!("{top}/a.bin"), 0u64, 1u64),
+        (format!("{top}/Größe.bin"), 2 * MIB + 5, 2),
+        (format!("{top}/unter/tief.txt"), 1000, 3),
+    ];
+    let mut ops = vec![
+        json!({"op": "mkdir", "path": top}),
+        json!({"op": "mkdir", "path": format!("{top}/unter")}),
+    ];
+    for (path, size, seed) in &files {
+        ops.push(json!({"op": "write", "path": path, "size": size, "seed": seed}));
+    }
+    ops.push(json!({"op": "share", "path": top, "email": f.email}));
+    sdk_user(&f, "sharer@example.org", "sharer pw 1", true, ops);
+    // Someone else's files that nobody shares with us.
+    sdk_user(
+        &f,
+        "stranger@example.org",
+        "stranger pw 1",
+        true,
+        vec![json!({"op": "write", "path": "/privat.bin", "size": 10, "seed": 9})],
+    );
+
+    f.remount();
+    let shared = f.path("Shared");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !shared.join("Projekt ✓/unter/tief.txt").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the share never appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let names: Vec<String> = fs::read_dir(&shared)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["Projekt ✓"]);
+    for (path, size, seed) in &files {
+        let got = fs::read(shared.join(path.trim_start_matches('/'))).unwrap();
+        assert!(got == sdk_content(*size, *seed), "{path}");
+    }
+
+    // Read-only: no write, create, removal or rename inside, and nothing reaches the server.
+    let dir = shared.join("Projekt ✓");
+    let erofs = |r: std::io::Result<()>, what: &str| {
+        let e = r.expect_err(what);
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{what}: {e}");
+    };
+    erofs(fs::write(dir.join("neu.txt"), b"x"), "create");
+    erofs(
+        fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("a.bin"))
+            .map(drop),
+        "open for writing",
+    );
+    erofs(fs::remove_file(dir.join("Größe.bin")), "unlink");
+    erofs(fs::create_dir(dir.join("neu")), "mkdir");
+    erofs(fs::rename(dir.join("a.bin"), dir.join("b.bin")), "rename");
+    erofs(
+        fs::rename(dir.join("a.bin"), f.path("mine.bin")),
+        "move out",
+    );
+    erofs(fs::remove_dir_all(&shared), "remove Shared");
+    let r = sdk_user(
+        &f,
+        "sharer@example.org",
+        "sharer pw 1",
+        false,
+        vec![json!({"op": "readdir", "path": top})],
+    );
+    assert_eq!(r[0]["names"], json!(["Größe.bin", "a.bin", "unter"]));
 }

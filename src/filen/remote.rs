@@ -50,6 +50,13 @@ pub struct FilenUpload {
     bucket: String,
 }
 
+/// The folder at the root that holds what other users share with this account. Its uuid is
+/// not a uuid, so it can never be a real item's.
+const SHARED_UUID: &str = "shared-in";
+const SHARED_NAME: &str = "Shared";
+/// Marks nodes that belong to someone else's share: read-only.
+const SHARED_ATTR: &str = "shared";
+
 pub struct FilenRemote {
     session: FilenSession,
     /// The first poll after the mount starts re-reads at once: the tree kept from the last
@@ -189,6 +196,15 @@ impl FilenRemote {
     }
 
     fn folder_node(&self, row: &Value) -> Option<Node> {
+        self.folder_node_from(row, "name", |s| self.decrypt_json(s))
+    }
+
+    fn folder_node_from(
+        &self,
+        row: &Value,
+        field: &str,
+        decrypt: impl Fn(&str) -> Option<Map<String, Value>>,
+    ) -> Option<Node> {
         let uuid = row.get("uuid")?.as_str()?;
         let ts = row.get("timestamp").and_then(Value::as_i64).unwrap_or(0);
         if uuid == self.session.base_folder {
@@ -200,11 +216,7 @@ impl FilenRemote {
         let parent = row.get("parent")?.as_str()?;
         let mut node = self.blank(uuid, Some(handle_of(parent)), NodeKind::Folder, ts);
         node.attrs.insert("uuid".into(), json!(uuid));
-        if let Some(meta) = row
-            .get("name")
-            .and_then(Value::as_str)
-            .and_then(|s| self.decrypt_json(s))
-        {
+        if let Some(meta) = row.get(field).and_then(Value::as_str).and_then(decrypt) {
             apply_meta(&mut node, &meta);
             node.attrs.insert("meta".into(), Value::Object(meta));
         }
@@ -212,6 +224,14 @@ impl FilenRemote {
     }
 
     fn file_node(&self, row: &Value) -> Option<Node> {
+        self.file_node_from(row, |s| self.decrypt_json(s))
+    }
+
+    fn file_node_from(
+        &self,
+        row: &Value,
+        decrypt: impl Fn(&str) -> Option<Map<String, Value>>,
+    ) -> Option<Node> {
         let uuid = row.get("uuid")?.as_str()?;
         let parent = row.get("parent")?.as_str()?;
         let ts = row.get("timestamp").and_then(Value::as_i64).unwrap_or(0);
@@ -223,7 +243,7 @@ impl FilenRemote {
         if let Some(meta) = row
             .get("metadata")
             .and_then(Value::as_str)
-            .and_then(|s| self.decrypt_json(s))
+            .and_then(decrypt)
         {
             apply_meta(&mut node, &meta);
             node.size = number(meta.get("size")).map_or(0, |s| s.max(0.0) as u64);
@@ -233,6 +253,65 @@ impl FilenRemote {
             node.attrs.insert("meta".into(), Value::Object(meta));
         }
         Some(node)
+    }
+
+    /// Metadata a sharer encrypted to our public key: UTF-8 JSON, or Latin-1 as some Filen
+    /// apps write it (filen-reference §10.3).
+    fn decrypt_shared_json(&self, s: &str) -> Option<Map<String, Value>> {
+        let plain = self.session.private_key.as_ref()?.decrypt_b64(s).ok()?;
+        let text = match std::str::from_utf8(&plain) {
+            Ok(t) => zeroize::Zeroizing::new(t.to_owned()),
+            Err(_) => zeroize::Zeroizing::new(plain.iter().map(|&b| b as char).collect()),
+        };
+        match serde_json::from_str::<Value>(&text) {
+            Ok(Value::Object(m)) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// What other users share with this account, as a read-only folder `Shared` at the root:
+    /// the tops of the shared trees in it, then each shared folder's children, a level at a
+    /// time (`shared/in`). Every node is marked shared, which makes it read-only.
+    async fn shared_nodes(&self) -> Result<Vec<Node>> {
+        if self.session.private_key.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut shared = self.blank(
+            SHARED_UUID,
+            Some(handle_of(&self.session.base_folder)),
+            NodeKind::Folder,
+            0,
+        );
+        shared.name = SHARED_NAME.into();
+        let mut nodes = vec![shared];
+        let mut pending = vec![SHARED_UUID.to_string()];
+        while let Some(folder) = pending.pop() {
+            let listing = self.call("shared/in", json!({"uuid": folder})).await?;
+            let rows = |key: &str| {
+                listing
+                    .get(key)
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            for mut row in rows("folders") {
+                row["parent"] = json!(folder);
+                if let Some(node) =
+                    self.folder_node_from(&row, "metadata", |s| self.decrypt_shared_json(s))
+                {
+                    pending.push(uuid_of(&node)?.to_string());
+                    nodes.push(node);
+                }
+            }
+            for mut row in rows("uploads") {
+                row["parent"] = json!(folder);
+                nodes.extend(self.file_node_from(&row, |s| self.decrypt_shared_json(s)));
+            }
+        }
+        for node in &mut nodes {
+            node.attrs.insert(SHARED_ATTR.into(), json!(true));
+        }
+        Ok(nodes)
     }
 
     fn file_key(&self, node: &Node) -> Result<FileKey> {
@@ -297,6 +376,7 @@ impl Remote for FilenRemote {
         if !nodes.iter().any(|n| n.kind == NodeKind::Root) {
             return Err(RemoteError::Other("the tree lacks the base folder".into()));
         }
+        nodes.extend(self.shared_nodes().await?);
         Ok((nodes, Some(SEQ.into())))
     }
 
@@ -604,6 +684,10 @@ impl Remote for FilenRemote {
             used: a.get("storage").and_then(Value::as_u64).unwrap_or(0),
             total: a.get("maxStorage").and_then(Value::as_u64).unwrap_or(0),
         })
+    }
+
+    fn read_only(&self, node: &Node) -> bool {
+        node.attrs.get(SHARED_ATTR) == Some(&json!(true))
     }
 
     fn content_id(&self, node: &Node) -> ContentId {

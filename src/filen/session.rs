@@ -10,6 +10,7 @@ use super::api::FilenApi;
 use crate::crypto::filen::{
     self as fc, AuthVersion, DataVersion, MasterKeys, NameHasher, NameHmacKey,
 };
+use crate::crypto::rsa::OaepPrivateKey;
 
 pub struct FilenSession {
     pub api: FilenApi,
@@ -20,6 +21,8 @@ pub struct FilenSession {
     pub user_id: u64,
     /// The data version new files are written with.
     pub file_version: DataVersion,
+    /// Opens the metadata of items shared with this account (none before its first key pair).
+    pub private_key: Option<OaepPrivateKey>,
 }
 
 fn str_field<'a>(v: &'a Value, key: &str) -> Result<&'a str, FilenError> {
@@ -89,22 +92,30 @@ impl FilenSession {
                 MasterKeys::for_account(version, &dek)
             }
         };
-        let hasher = match version {
-            AuthVersion::V3 => {
-                let pair = api.get("user/keyPair/info").await?;
-                let private = pair
-                    .get("privateKey")
-                    .and_then(Value::as_str)
-                    .filter(|s| !s.is_empty())
-                    .ok_or_else(|| {
-                        FilenError::Protocol(
-                            "this auth-v3 account has no key pair yet; log in once with a Filen \
-                             app to create it"
-                                .into(),
-                        )
-                    })?;
-                let b64 = Zeroizing::new(keys.decrypt_metadata(private)?);
-                NameHasher::V3(NameHmacKey::from_private_key_b64(&b64)?)
+        // The key pair: other users share to its public half; its private half opens what
+        // they share, and (auth v3) keys the name hashes. Accounts get one at their first
+        // login in a Filen app; until then nothing can be shared with them.
+        let pair = api.get("user/keyPair/info").await?;
+        let private_b64 = match pair
+            .get("privateKey")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
+            Some(wrapped) => Some(Zeroizing::new(keys.decrypt_metadata(wrapped)?)),
+            None => None,
+        };
+        let private_key = match &private_b64 {
+            Some(b64) => Some(OaepPrivateKey::from_pkcs8_b64(b64)?),
+            None => None,
+        };
+        let hasher = match (version, &private_b64) {
+            (AuthVersion::V3, Some(b64)) => NameHasher::V3(NameHmacKey::from_private_key_b64(b64)?),
+            (AuthVersion::V3, None) => {
+                return Err(FilenError::Protocol(
+                    "this auth-v3 account has no key pair yet; log in once with a Filen app to \
+                     create it"
+                        .into(),
+                ));
             }
             _ => NameHasher::V1V2,
         };
@@ -122,6 +133,7 @@ impl FilenSession {
             hasher,
             base_folder,
             user_id,
+            private_key,
             file_version: if version == AuthVersion::V3 {
                 DataVersion::V3
             } else {

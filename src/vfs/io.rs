@@ -119,6 +119,7 @@ impl<R: Remote> Vfs<R> {
         }
         if write {
             self.writable()?;
+            self.may_change(&node)?;
         }
         // The handle exists before the file is checked, so a removal racing with this open
         // either sees it or is seen (see `Vfs::remove_file`).

@@ -374,6 +374,14 @@ impl<R: Remote> Vfs<R> {
         Ok(())
     }
 
+    /// Refuses changes in or to a read-only part of the drive (what others share with us).
+    fn may_change(&self, node: &Node) -> Result<()> {
+        if self.remote.read_only(node) {
+            return Err(VfsError::ReadOnly);
+        }
+        Ok(())
+    }
+
     /// Applies changes we made to the tree and tells the kernel what it may hold stale.
     fn apply(&self, changes: Vec<Change>) -> Result<()> {
         let inval = self.tree.write().apply_changes(changes, None)?;
@@ -417,7 +425,9 @@ impl<R: Remote> Vfs<R> {
             mtime_ns: now_ns(),
             symlink: symlink.map(str::to_owned),
         };
-        Ok((self.dir_node(parent)?, meta))
+        let folder = self.dir_node(parent)?;
+        self.may_change(&folder)?;
+        Ok((folder, meta))
     }
 
     /// Uploads staging file `id` as a new file under `parent`.
@@ -511,6 +521,7 @@ impl<R: Remote> Vfs<R> {
         if node.kind.is_dir() {
             return Err(VfsError::IsDir);
         }
+        self.may_change(&node)?;
         self.remove_file(ino, &node, vec![]).await
     }
 
@@ -575,6 +586,7 @@ impl<R: Remote> Vfs<R> {
         if !node.kind.is_dir() {
             return Err(VfsError::NotDir);
         }
+        self.may_change(&node)?;
         if self.tree.read().child_count(ino).unwrap_or(0) > 0 {
             return Err(VfsError::NotEmpty);
         }
@@ -610,6 +622,8 @@ impl<R: Remote> Vfs<R> {
             .into_owned();
         let node = self.node(src)?;
         let dest = self.dir_node(new_parent)?;
+        self.may_change(&node)?;
+        self.may_change(&dest)?;
         if node.kind.is_dir() && self.is_ancestor(src, new_parent) {
             return Err(VfsError::Invalid("cannot move a folder inside itself"));
         }
@@ -682,6 +696,7 @@ impl<R: Remote> Vfs<R> {
             return self.getattr(ino);
         }
         self.writable()?;
+        self.may_change(&self.node(ino)?)?;
         if let Some(size) = set.size {
             self.truncate(ino, size).await?;
         }

@@ -87,6 +87,15 @@ async function run(sdk, op) {
 			const items = await sdk.cloud().listTrash()
 			return { names: items.map(i => i.name).sort() }
 		}
+		case "share": {
+			const s = await f.stat({ path: op.path })
+			await sdk.cloud().shareItemsToUser({
+				files: [],
+				directories: [{ uuid: s.uuid, metadata: { name: s.name } }],
+				email: op.email
+			})
+			return { ok: true }
+		}
 		case "changePassword":
 			await sdk.user().changePassword({ currentPassword: op.current, newPassword: op.new })
 			return { ok: true }

@@ -62,7 +62,7 @@ pub fn save(writes: &mut Writes, account: &Account) {
     writes.put(keys::account(account.id), account);
 }
 
-fn by_email(state: &AppState, email: &str) -> FResult<Option<Account>> {
+pub fn by_email(state: &AppState, email: &str) -> FResult<Option<Account>> {
     match state.store.get::<u64>(&keys::email(email))? {
         Some(id) => Ok(Some(load(state, id)?)),
         None => Ok(None),
@@ -91,7 +91,7 @@ fn new_api_key(writes: &mut Writes, id: u64) -> String {
     key
 }
 
-fn email_arg(args: &Value) -> FResult<String> {
+pub fn email_arg(args: &Value) -> FResult<String> {
     normalize_email(str_arg(args, "email")?).map_err(|_| codes::PARAMS)
 }
 

@@ -19,6 +19,7 @@
 pub mod accounts;
 pub mod chunks;
 pub mod items;
+pub mod shares;
 
 use std::sync::Arc;
 
@@ -235,11 +236,14 @@ async fn dispatch(ctx: &FCtx<'_>, path: &str, args: &Value) -> FResult<Value> {
                 .map_or(0, Vec::len);
             Ok(json!({"added": n, "skipped": 0}))
         }
-        // Sharing and public links are not offered by this server: every item reports none.
-        "dir/shared" | "item/shared" => {
-            ctx.user()?;
-            Ok(json!({"sharing": false, "users": []}))
-        }
+        "item/share" => shares::share(ctx, args).await,
+        "shared/in" => shares::shared_in(ctx, args).await,
+        "dir/shared" => shares::receivers(ctx, args, false).await,
+        "item/shared" => shares::receivers(ctx, args, true).await,
+        "item/shared/rename" => shares::rename(ctx, args).await,
+        "item/shared/in/remove" => shares::remove(ctx, args, true).await,
+        "item/shared/out/remove" => shares::remove(ctx, args, false).await,
+        // Public links are not offered by this server: every item reports none.
         "dir/linked" | "item/linked" => {
             ctx.user()?;
             Ok(json!({"link": false, "links": []}))
