@@ -151,6 +151,20 @@ fn parse_offset(name: &str) -> Option<u64> {
     (format!("{v:016x}") == name).then_some(v)
 }
 
+/// Pops least recently used chunks until the index holds at most `limit` bytes; returns them
+/// for deletion once the lock is released.
+fn evict_down_to(index: &mut Index, limit: u64) -> Vec<ChunkId> {
+    let mut victims = Vec::new();
+    while index.bytes > limit {
+        let Some((id, len)) = index.lru.pop_lru() else {
+            break;
+        };
+        index.bytes -= len;
+        victims.push(id);
+    }
+    victims
+}
+
 impl DiskStore {
     pub(crate) fn open(root: &Path, budget: u64) -> Result<Self, CacheError> {
         private_dir(root)?;
@@ -243,15 +257,7 @@ impl DiskStore {
     /// Pops least recently used chunks until `extra` more bytes fit; returns them for deletion
     /// once the lock is released.
     fn evict_over_budget(&self, index: &mut Index, extra: u64) -> Vec<ChunkId> {
-        let mut victims = Vec::new();
-        while index.bytes + extra > self.budget {
-            let Some((id, len)) = index.lru.pop_lru() else {
-                break;
-            };
-            index.bytes -= len;
-            victims.push(id);
-        }
-        victims
+        evict_down_to(index, self.budget.saturating_sub(extra))
     }
 
     /// Deletes evicted chunks' files. Their directories stay (a read of the same file is
@@ -394,17 +400,9 @@ impl DiskStore {
     pub(crate) fn release(&self, bytes: u64) -> u64 {
         let (victims, freed) = {
             let mut index = self.index.lock();
-            let mut victims = Vec::new();
-            let mut freed = 0;
-            while freed < bytes {
-                let Some((id, len)) = index.lru.pop_lru() else {
-                    break;
-                };
-                index.bytes -= len;
-                freed += len;
-                victims.push(id);
-            }
-            (victims, freed)
+            let before = index.bytes;
+            let victims = evict_down_to(&mut index, before.saturating_sub(bytes));
+            (victims, before - index.bytes)
         };
         self.remove_files(&victims);
         freed

@@ -230,7 +230,6 @@ impl BlockCache {
         drop(evicted);
     }
 
-    /// Drops every chunk of `content` from both layers (its file changed or is gone).
     /// Gives disk space back to the system: evicts least recently used chunks from the disk
     /// layer until `bytes` are freed. The cache is expendable; staged writes are not, so a
     /// write that finds the disk full asks the cache to make room first.
@@ -238,6 +237,7 @@ impl BlockCache {
         self.disk.as_ref().map_or(0, |d| d.release(bytes))
     }
 
+    /// Drops every chunk of `content` from both layers (its file changed or is gone).
     pub fn invalidate(&self, content: &ContentId) {
         let mut evicted = Vec::new();
         {

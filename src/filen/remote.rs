@@ -150,6 +150,14 @@ fn with_meta(base: &Map<String, Value>, meta: &Meta) -> Map<String, Value> {
     m
 }
 
+/// Decrypted metadata: a JSON object, or nothing usable.
+fn json_object(text: &str) -> Option<Map<String, Value>> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => Some(m),
+        _ => None,
+    }
+}
+
 fn chunk_range(size: u64, index: u64) -> Range<u64> {
     let c = CHUNK_SIZE as u64;
     index * c..((index + 1) * c).min(size)
@@ -189,10 +197,7 @@ impl FilenRemote {
 
     fn decrypt_json(&self, s: &str) -> Option<Map<String, Value>> {
         let plain = zeroize::Zeroizing::new(self.session.keys.decrypt_metadata(s).ok()?);
-        match serde_json::from_str::<Value>(&plain) {
-            Ok(Value::Object(m)) => Some(m),
-            _ => None,
-        }
+        json_object(&plain)
     }
 
     fn folder_node(&self, row: &Value) -> Option<Node> {
@@ -263,10 +268,7 @@ impl FilenRemote {
             Ok(t) => zeroize::Zeroizing::new(t.to_owned()),
             Err(_) => zeroize::Zeroizing::new(plain.iter().map(|&b| b as char).collect()),
         };
-        match serde_json::from_str::<Value>(&text) {
-            Ok(Value::Object(m)) => Some(m),
-            _ => None,
-        }
+        json_object(&text)
     }
 
     /// What other users share with this account, as a read-only folder `Shared` at the root:
