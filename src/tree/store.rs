@@ -96,15 +96,32 @@ fn node_aad(h: Handle) -> [u8; 19] {
     aad
 }
 
+/// Opens the sled database at `path`. sled releases its file lock from a background thread
+/// after the previous handle is dropped, so a store reopened at once (a remount right after
+/// an unmount) can find it still held for a moment: that case is retried for up to 2 s.
+fn open_db(path: &Path) -> Result<sled::Db, TreeError> {
+    let mut tries = 0;
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(SLED_CACHE_BYTES)
+            .open()
+        {
+            Err(sled::Error::Io(e)) if tries < 50 && e.to_string().contains("acquire lock") => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(40));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 impl TreeStore {
     /// Opens (creating if needed) the store at `path`. `key` must be the same at every open:
     /// the caller derives it from the account's secrets, so that the store is unreadable
     /// without them. A different key gives [`TreeError::KeyMismatch`].
     pub fn open(path: &Path, key: &[u8; 32]) -> Result<Self, TreeError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(SLED_CACHE_BYTES)
-            .open()?;
+        let db = open_db(path)?;
         let store = TreeStore {
             db,
             cipher: Aes256Gcm::new(key.into()),
