@@ -58,6 +58,15 @@ pub struct Fetched {
     pub tag: Option<[u8; 16]>,
 }
 
+/// One upload to commit with [`Remote::commit_uploads`]; the fields are
+/// [`Remote::commit_upload`]'s arguments.
+pub struct Commit<U> {
+    pub parent: Node,
+    pub meta: Meta,
+    pub upload: U,
+    pub replaces: Option<Node>,
+}
+
 /// A batch of remote changes and the sequence number it brings the tree to.
 #[derive(Debug, Default)]
 pub struct Polled {
@@ -140,6 +149,24 @@ pub trait Remote: Send + Sync + 'static {
         upload: Self::Upload,
         replaces: Option<&Node>,
     ) -> impl Future<Output = Result<Node>> + Send;
+
+    /// Commits several uploads, in one round trip where the service allows it; one result
+    /// per upload, in order. Each succeeds or fails on its own.
+    fn commit_uploads(
+        &self,
+        batch: Vec<Commit<Self::Upload>>,
+    ) -> impl Future<Output = Vec<Result<Node>>> + Send {
+        async move {
+            let mut results = Vec::with_capacity(batch.len());
+            for c in batch {
+                results.push(
+                    self.commit_upload(&c.parent, &c.meta, c.upload, c.replaces.as_ref())
+                        .await,
+                );
+            }
+            results
+        }
+    }
 
     /// Rewrites a node's metadata (rename within its folder, chmod, utimens); returns the node
     /// as it is now.

@@ -7,6 +7,9 @@
 #
 #   sudo scripts/bench/compare.sh                  full size (1 GiB file, 10 000 small files …)
 #   sudo BENCH_SCALE=0.1 scripts/bench/compare.sh  a tenth of every count and size
+#   sudo BENCH_ONLY="small rsync" scripts/bench/compare.sh   only some workloads: big (write and
+#                                                  reads of the big file), small, rsync, ls,
+#                                                  account (the 100 000-node mounts)
 #
 # Runs as root (mounts, dropping the page cache); installs gocryptfs, rclone and rsync when
 # missing. Prints a Markdown table: the time of each workload on each file system and the
@@ -33,6 +36,7 @@ LS_TOP="$(scaled 25)"   # 25 × 40 × 49 → 50 026 nodes
 ACCOUNT_TOP="$(scaled 40)" # 40 × 50 × 49 → 100 041 nodes
 
 log() { printf '==> %s\n' "$*" >&2; }
+want() { [ -z "${BENCH_ONLY:-}" ] || [[ " $BENCH_ONLY " == *" $1 "* ]]; }
 [ "$(id -u)" -eq 0 ] || { echo "run as root (mounts, drop_caches)" >&2; exit 1; }
 
 missing=()
@@ -176,7 +180,7 @@ rclone_cold() { rclone_stop "$1"; rm -rf "$WORK/rclone-cache"; drop_caches; rclo
 # Inputs, generated once.
 
 log "generating inputs (${BIG_MIB} MiB file, ${RSYNC_FILES}-file tree)"
-head -c "$((BIG_MIB << 20))" /dev/urandom >/dev/shm/veilfs-bench-big
+want big && head -c "$((BIG_MIB << 20))" /dev/urandom >/dev/shm/veilfs-bench-big
 python3 - "$WORK/rsync-src" "$RSYNC_FILES" <<'EOF'
 import os, random, sys
 root, n = sys.argv[1], int(sys.argv[2])
@@ -200,7 +204,7 @@ for t in range(top):
             open(os.path.join(d, f"file{f:05d}.txt"), "wb").close()
 EOF
 }
-make_tree "$WORK/ls-src/ls" "$LS_TOP" 40 49
+want ls && make_tree "$WORK/ls-src/ls" "$LS_TOP" 40 49
 LS_NODES=$((1 + LS_TOP * (1 + 40 * 50)))
 
 populate() {
@@ -246,6 +250,7 @@ run_fs() {
     mkdir -p "$mnt"
     "${fs}_start" "$mnt"
 
+    if want big; then
     log "$fs: sequential write of ${BIG_MIB} MiB until durable"
     t="$(now)"
     dd if=/dev/shm/veilfs-bench-big of="$mnt/big" bs=1M conv=fsync status=none
@@ -261,14 +266,18 @@ run_fs() {
     record "warm sequential read" "$fs" "$(since "$t")"
     record "random 4 KiB reads ×$RANDOM_READS (warm)" "$fs" "$(random_reads "$mnt/big")"
     cmp -s /dev/shm/veilfs-bench-big "$mnt/big" || { echo "$fs: the big file differs" >&2; exit 1; }
+    fi
 
+    if want small; then
     log "$fs: $SMALL_FILES small files"
     t="$(now)"
     small_files "$mnt/small"
     record "$SMALL_FILES × 1 KiB files created" "$fs" "$(since "$t")"
     "${fs}_durable" "$mnt"
     record "$SMALL_FILES × 1 KiB files until durable" "$fs" "$(since "$t")"
+    fi
 
+    if want rsync; then
     log "$fs: rsync -a of $RSYNC_FILES files"
     t="$(now)"
     rsync -a "$WORK/rsync-src/" "$mnt/tree/"
@@ -278,7 +287,12 @@ run_fs() {
     record "rsync -a no-op second pass" "$fs" "$(since "$t")"
     "${fs}_durable" "$mnt"
     diff -r "$WORK/rsync-src" "$mnt/tree" >/dev/null || { echo "$fs: the rsync copy differs" >&2; exit 1; }
+    fi
 
+    if ! want ls; then
+        "${fs}_stop" "$mnt"
+        return
+    fi
     log "$fs: ls -lR of $LS_NODES nodes"
     case "$fs" in
         veilfs)
@@ -312,6 +326,7 @@ run_fs rclone
 # ---------------------------------------------------------------------------------------------
 # veilfs alone: mounting a 100 000-node account, cold and with local metadata.
 
+if want account; then
 BIG_EMAIL=big@example.org
 "$BIN" signup --server "$URL" --email "$BIG_EMAIL" >&2
 log "populating an account of $((1 + ACCOUNT_TOP * (1 + 50 * 50))) nodes"
@@ -335,6 +350,7 @@ MOUNT_WARM="$(since "$t")"
 ls -lR "$mnt/all" >/dev/null
 veilfs_stop "$mnt"
 RSS_WARM_KB="$PEAK_RSS_KB"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # The report.
@@ -358,6 +374,9 @@ mbps() { awk -v s="$1" -v mib="$BIG_MIB" 'BEGIN { printf "%.0f MB/s", mib * 1048
 warm="$(awk -F'\t' '$1 == "warm sequential read" && $2 == "veilfs" { print $3 }' "$RESULTS")"
 cold="$(awk -F'\t' '$1 == "cold sequential read" && $2 == "veilfs" { print $3 }' "$RESULTS")"
 echo
-echo "veilfs: cold read $(mbps "$cold"), warm read $(mbps "$warm"); daemon peak RSS during the workloads $((PEAK_RSS_KB_ALL / 1024)) MB."
-echo "veilfs, account of $ACCOUNT_NODES nodes: first mount (whole tree fetched) ${MOUNT_COLD} s, peak RSS $((RSS_COLD_KB / 1024)) MB;" \
+[ -z "$cold" ] || echo "veilfs: cold read $(mbps "$cold"), warm read $(mbps "$warm")."
+echo "veilfs: daemon peak RSS during the workloads $((PEAK_RSS_KB_ALL / 1024)) MB."
+if want account; then
+    echo "veilfs, account of $ACCOUNT_NODES nodes: first mount (whole tree fetched) ${MOUNT_COLD} s, peak RSS $((RSS_COLD_KB / 1024)) MB;" \
     "remount with local metadata ${MOUNT_WARM} s, peak RSS after ls -lR of every node $((RSS_WARM_KB / 1024)) MB."
+fi

@@ -31,7 +31,7 @@ use crate::crypto::filen::{
     self as fc, CHUNK_SIZE, DataVersion, FileKey, MetadataVersion, random_string,
 };
 use crate::remote::{Fetched, Lookup, Meta, Polled, Quota, Remote, RemoteError, Result};
-use crate::tree::{Handle, Node, NodeKind};
+use crate::tree::{Handle, LOCAL_TAG, Node, NodeKind};
 
 pub const POLL_INTERVAL: Duration = Duration::from_secs(15);
 const SEQ: &str = "filen";
@@ -66,7 +66,12 @@ pub struct FilenRemote {
 
 pub fn handle_of(uuid: &str) -> Handle {
     let d = Sha256::digest(uuid.as_bytes());
-    Handle::from_u64(u64::from_be_bytes(d[..8].try_into().expect("8 bytes")))
+    let mut h = u64::from_be_bytes(d[..8].try_into().expect("8 bytes"));
+    if h & LOCAL_TAG == LOCAL_TAG {
+        // That range names files created locally and not uploaded yet (1 hash in 65 536).
+        h &= !(1 << 63);
+    }
+    Handle::from_u64(h)
 }
 
 fn uuid_of(node: &Node) -> Result<&str> {

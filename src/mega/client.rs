@@ -21,6 +21,17 @@ pub struct Quota {
     pub total: u64,
 }
 
+/// One finished upload to commit with [`MegaClient::commit_uploads`].
+pub struct UploadCommit<'a> {
+    /// The folder the file goes into.
+    pub parent: &'a str,
+    pub key: &'a FileKey,
+    pub uploaded: &'a transfer::UploadedData,
+    pub attributes: &'a Map<String, Value>,
+    /// A node the file replaces: deleted once the file exists.
+    pub replaces: Option<&'a str>,
+}
+
 /// One entry of [`MegaClient::put_nodes`].
 pub struct NewNode {
     /// The index, in the same batch, of the new folder this goes in; `None` for the target.
@@ -227,20 +238,84 @@ impl MegaClient {
         attributes: &Map<String, Value>,
         replaces: Option<&str>,
     ) -> Result<DecryptedNode> {
-        let key = NodeKey::File {
-            key: file_key,
-            meta_mac: uploaded.meta_mac,
+        let item = UploadCommit {
+            parent,
+            key: &file_key,
+            uploaded,
+            attributes,
+            replaces,
         };
-        let node = self
-            .put_node(parent, &uploaded.token, wire::NODE_FILE, &key, attributes)
-            .await?;
-        if let Some(old) = replaces {
-            match self.delete(old).await {
-                Ok(()) | Err(MegaError::Api(super::ErrorCode::NotFound)) => {}
-                Err(e) => return Err(e),
+        self.commit_uploads(&[item])
+            .await?
+            .pop()
+            .expect("one result per upload")
+    }
+
+    /// Commits many uploads in one request: a `p` per file (each may land in another folder
+    /// and fail on its own), then, in a second request, a `d` for each node replaced by a file
+    /// that now exists — never before, so a failed `p` leaves the old content in place. The
+    /// outer error is the request's; each upload has its own result.
+    ///
+    /// A replaced node that cannot be deleted is logged and left: the new content is safe
+    /// and committed, and committing it again would only add another node.
+    pub async fn commit_uploads(
+        &self,
+        items: &[UploadCommit<'_>],
+    ) -> Result<Vec<Result<DecryptedNode>>> {
+        let commands: Vec<Value> = {
+            let keys = self.keys.read().expect("key ring lock");
+            items
+                .iter()
+                .map(|item| {
+                    let key = NodeKey::File {
+                        key: item.key.clone(),
+                        meta_mac: item.uploaded.meta_mac,
+                    };
+                    let node = json!({
+                        "h": item.uploaded.token, "t": wire::NODE_FILE,
+                        "a": mc::encrypt_attributes(key.attribute_key(), item.attributes),
+                        "k": keys.wrap_key(&key),
+                    });
+                    self.tagged(json!({"a": "p", "t": item.parent, "n": [node]}))
+                })
+                .collect()
+        };
+        let answers = self.api.batch(commands).await?;
+        let mut results = Vec::with_capacity(items.len());
+        let mut replaced = Vec::new();
+        for (item, answer) in items.iter().zip(answers) {
+            let node = answer.and_then(|a| {
+                let node = a
+                    .get("f")
+                    .and_then(|f| f.get(0))
+                    .cloned()
+                    .ok_or_else(|| MegaError::malformed("p answer without the new node"))?;
+                serde_json::from_value::<WireNode>(node)
+                    .map_err(|e| MegaError::malformed(format!("p: {e}")))
+            });
+            if node.is_ok()
+                && let Some(old) = item.replaces
+            {
+                replaced.push(old);
+            }
+            results.push(node.map(|n| self.decrypt(n)));
+        }
+        if !replaced.is_empty() {
+            let commands = replaced
+                .iter()
+                .map(|h| self.tagged(json!({"a": "d", "n": h})))
+                .collect();
+            let outcome = match self.api.batch(commands).await {
+                Ok(answers) => answers.into_iter().filter_map(Result::err).collect(),
+                Err(e) => vec![e],
+            };
+            for error in outcome {
+                if !matches!(error, MegaError::Api(super::ErrorCode::NotFound)) {
+                    tracing::warn!(%error, "a replaced node could not be deleted; it stays beside the new one");
+                }
             }
         }
-        Ok(node)
+        Ok(results)
     }
 
     /// Creates many nodes under `target` in one `p` (the server takes up to 1 000): folders

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 
-use super::client::MegaClient;
+use super::client::{MegaClient, UploadCommit};
 use super::error::{ErrorCode, MegaError};
 use super::fingerprint;
 use super::nodes::{DecryptedNode, NodeKey};
@@ -29,7 +29,7 @@ use super::session::{Credentials, Session};
 use super::wire::{self, WireNode};
 use crate::cache::ContentId;
 use crate::crypto::mega as mc;
-use crate::remote::{Fetched, Lookup, Meta, Polled, Quota, Remote, RemoteError, Result};
+use crate::remote::{Commit, Fetched, Lookup, Meta, Polled, Quota, Remote, RemoteError, Result};
 use crate::tree::{Change, Handle, Node, NodeKind};
 
 const ATTR_MODE: &str = "vm";
@@ -251,41 +251,82 @@ impl Remote for MegaRemote {
         upload: MegaUpload,
         replaces: Option<&Node>,
     ) -> Result<Node> {
-        let base = replaces.map(|n| n.attrs.clone()).unwrap_or_default();
-        let mut attrs = attributes(&base, meta, Some(upload.fingerprint));
-        // Never carried over from the replaced content.
-        attrs.remove(ATTR_CHUNK_MACS);
-        let macs = &upload.data.chunk_macs;
-        if (2..=MAX_STORED_CHUNK_MACS).contains(&macs.len()) {
-            attrs.insert(
-                ATTR_CHUNK_MACS.into(),
-                json!(mc::b64_encode(macs.as_flattened())),
-            );
-        }
-        if meta.mtime_ns != upload.mtime_ns
-            && let Some(c) = attrs.get("c").and_then(Value::as_str)
-            && let Some(c) = fingerprint::with_mtime(c, meta.mtime_ns.div_euclid(1_000_000_000))
-        {
-            attrs.insert("c".into(), json!(c));
-        }
-        let p = mega_handle(parent.handle)?;
-        let old = replaces.map(|n| mega_handle(n.handle)).transpose()?;
-        let node = self
-            .call(|| {
-                self.client.commit_upload(
-                    &p,
-                    upload.key.clone(),
-                    &upload.data,
-                    &attrs,
-                    old.as_deref(),
-                )
-            })
+        let commit = Commit {
+            parent: parent.clone(),
+            meta: meta.clone(),
+            upload,
+            replaces: replaces.cloned(),
+        };
+        self.commit_uploads(vec![commit])
             .await
-            .map_err(remote_error)?;
-        if let Some(old) = replaces {
-            self.urls.lock().remove(&old.handle);
+            .pop()
+            .expect("one result per upload")
+    }
+
+    async fn commit_uploads(&self, batch: Vec<Commit<MegaUpload>>) -> Vec<Result<Node>> {
+        let prepared: Vec<Result<Prepared>> = batch
+            .iter()
+            .map(|c| {
+                let attrs = upload_attributes(&c.meta, &c.upload, c.replaces.as_ref());
+                let parent = mega_handle(c.parent.handle)?;
+                let old = c
+                    .replaces
+                    .as_ref()
+                    .map(|n| mega_handle(n.handle))
+                    .transpose()?;
+                Ok((parent, attrs, old))
+            })
+            .collect();
+        let ready: Vec<usize> = (0..batch.len()).filter(|&i| prepared[i].is_ok()).collect();
+        let items: Vec<UploadCommit<'_>> = ready
+            .iter()
+            .map(|&i| {
+                let (parent, attrs, old) = prepared[i].as_ref().expect("filtered");
+                UploadCommit {
+                    parent,
+                    key: &batch[i].upload.key,
+                    uploaded: &batch[i].upload.data,
+                    attributes: attrs,
+                    replaces: old.as_deref(),
+                }
+            })
+            .collect();
+        let answers = match self.call(|| self.client.commit_uploads(&items)).await {
+            Ok(answers) => answers,
+            Err(e) => {
+                // The request failed as a whole: every upload gets the same kind of error.
+                let e = remote_error(e);
+                let message = e.to_string();
+                return (0..batch.len())
+                    .map(|_| {
+                        Err(if e.is_transient() {
+                            RemoteError::Unavailable(message.clone())
+                        } else {
+                            RemoteError::Other(message.clone())
+                        })
+                    })
+                    .collect();
+            }
+        };
+        drop(items);
+        // `answers` holds one result per prepared upload, in batch order.
+        let mut answers = answers.into_iter();
+        let mut results = Vec::with_capacity(batch.len());
+        for (c, prepared) in batch.iter().zip(prepared) {
+            let result = prepared.and_then(|_| {
+                let node = answers
+                    .next()
+                    .expect("one answer per prepared upload")
+                    .map_err(remote_error)?;
+                if let Some(old) = &c.replaces {
+                    self.urls.lock().remove(&old.handle);
+                }
+                to_tree_node(node)
+                    .ok_or_else(|| RemoteError::Other("the new file has no handle".into()))
+            });
+            results.push(result);
         }
-        to_tree_node(node).ok_or_else(|| RemoteError::Other("the new file has no handle".into()))
+        results
     }
 
     async fn set_meta(&self, node: &Node, meta: &Meta) -> Result<Node> {
@@ -445,6 +486,36 @@ fn remote_error(e: MegaError) -> RemoteError {
         | MegaError::Network(_) => RemoteError::Unavailable(e.to_string()),
         other => RemoteError::Other(other.to_string()),
     }
+}
+
+/// An upload ready for `p`: its folder's handle, its attributes, the handle it replaces.
+type Prepared = (String, Map<String, Value>, Option<String>);
+
+/// The attributes of uploaded content: `meta`, the fingerprint, the chunk MACs, and what the
+/// replaced node held that we do not set ourselves.
+fn upload_attributes(
+    meta: &Meta,
+    upload: &MegaUpload,
+    replaces: Option<&Node>,
+) -> Map<String, Value> {
+    let base = replaces.map(|n| n.attrs.clone()).unwrap_or_default();
+    let mut attrs = attributes(&base, meta, Some(upload.fingerprint.clone()));
+    // Never carried over from the replaced content.
+    attrs.remove(ATTR_CHUNK_MACS);
+    let macs = &upload.data.chunk_macs;
+    if (2..=MAX_STORED_CHUNK_MACS).contains(&macs.len()) {
+        attrs.insert(
+            ATTR_CHUNK_MACS.into(),
+            json!(mc::b64_encode(macs.as_flattened())),
+        );
+    }
+    if meta.mtime_ns != upload.mtime_ns
+        && let Some(c) = attrs.get("c").and_then(Value::as_str)
+        && let Some(c) = fingerprint::with_mtime(c, meta.mtime_ns.div_euclid(1_000_000_000))
+    {
+        attrs.insert("c".into(), json!(c));
+    }
+    attrs
 }
 
 fn mega_handle(h: Handle) -> Result<String> {

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use super::AppState;
 use super::errors::{ApiError, ApiResult};
 use super::sessions::Auth;
+use super::store::Writes;
 use super::{accounts, links, nodes, sessions, transfer};
 
 /// Largest accepted command batch body. The biggest legitimate commands (`p` with many nodes)
@@ -34,9 +35,40 @@ pub struct Ctx<'a> {
     pub user_agent: Option<String>,
     /// The public handle of a folder link the request reads through (`?n=`).
     pub folder_link: Option<String>,
+    /// Changes applied by this request's commands and not yet flushed: (account, sequence
+    /// number) for the long-pollers to hear of once they are durable.
+    deferred: std::sync::Mutex<Vec<(String, u64)>>,
 }
 
 impl Ctx<'_> {
+    /// Applies a command's node changes (and their action packets up to `seq`). They reach the
+    /// disk together with every other change of the request, in one flush after its last
+    /// command and before its answer is sent: a client committing many uploads in one
+    /// request pays for one flush, not one per file. Other clients hear of the changes after
+    /// that flush.
+    pub fn commit(&self, writes: Writes, uh: &str, seq: u64) -> ApiResult<()> {
+        self.state.store.apply_lazy(writes)?;
+        self.deferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((uh.to_string(), seq));
+        Ok(())
+    }
+
+    /// Makes the request's deferred changes durable, then wakes the long-pollers.
+    async fn finish(&self) -> ApiResult<()> {
+        let deferred =
+            std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|p| p.into_inner()));
+        if deferred.is_empty() {
+            return Ok(());
+        }
+        self.state.store.flush().await?;
+        for (uh, seq) in deferred {
+            self.state.notifier.notify(&uh, seq);
+        }
+        Ok(())
+    }
+
     /// The session, or ESID for commands that need one.
     pub fn auth(&self) -> ApiResult<&Auth> {
         self.auth.as_ref().ok_or(ApiError::Sid)
@@ -212,6 +244,7 @@ pub async fn process(
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(200).collect()),
         folder_link: query.get("n").cloned(),
+        deferred: Default::default(),
     };
     let mut results = Vec::with_capacity(commands.len());
     for command in &commands {
@@ -220,6 +253,11 @@ pub async fn process(
             _ => Err(ApiError::Args),
         };
         results.push(result.unwrap_or_else(|e| json!(e.code())));
+    }
+    if let Err(e) = ctx.finish().await {
+        // Nothing of this request is known to be on disk: no command may be reported done.
+        tracing::error!(error = %e, "could not flush the request's changes");
+        return bare(e);
     }
     let body = Bytes::from(serde_json::to_vec(&results).expect("JSON values serialize"));
     if let (Some(auth), Some(id)) = (&auth, &request_id) {

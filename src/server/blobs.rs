@@ -1,8 +1,10 @@
 //! Where file content (ciphertext) lives.
 //!
-//! An upload is written into a temporary blob, made durable when its last byte arrived
-//! ([`BlobStore::seal_temp`]), and becomes a permanent blob only when the client completes it
-//! with `p` ([`BlobStore::publish`]). Nothing half-written is ever readable as a file.
+//! An upload is written into a temporary blob, sealed at its size when its last byte arrived
+//! ([`BlobStore::seal_temp`]), and becomes a permanent, durable blob only when the client
+//! completes it with `p` ([`BlobStore::publish`]). Nothing half-written is ever readable as a
+//! file. Durability is paid once, at `p`, the moment the server acknowledges a file: a crash
+//! before it costs the client a new upload (its completion token is gone), never a file.
 //!
 //! Two backends: [`LocalBlobStore`] (a directory) and [`super::s3::S3BlobStore`] (any
 //! S3-compatible bucket).
@@ -17,7 +19,7 @@ use std::path::{Path, PathBuf};
 pub trait BlobStore: Send + Sync + 'static {
     /// Writes `data` at `offset` of temporary blob `id`, creating it if needed.
     async fn write_temp(&self, id: &str, offset: u64, data: Bytes) -> io::Result<()>;
-    /// Makes temporary blob `id` exactly `size` bytes long and durable.
+    /// Makes temporary blob `id` exactly `size` bytes long (durable once published).
     async fn seal_temp(&self, id: &str, size: u64) -> io::Result<()>;
     /// Turns sealed temporary blob `id` into permanent blob `id`, durably. Idempotent: a blob
     /// already published is fine (a retry after a crash between publishing and recording).
@@ -113,9 +115,7 @@ impl LocalBlobStore {
             .create(true)
             .truncate(false)
             .open(&path)?;
-        file.set_len(size)?;
-        file.sync_all()?;
-        sync_dir(&self.root.join("tmp"))
+        file.set_len(size)
     }
 
     fn publish_sync(&self, id: &str) -> io::Result<()> {
@@ -123,13 +123,15 @@ impl LocalBlobStore {
         let to = self.blob_path(id)?;
         let dir = to.parent().expect("blob paths have a parent");
         fs::create_dir_all(dir)?;
-        match fs::rename(&from, &to) {
+        let synced = File::open(&from).and_then(|f| f.sync_all());
+        match synced.and_then(|()| fs::rename(&from, &to)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound && to.exists() => return Ok(()),
             Err(e) => return Err(e),
         }
-        sync_dir(dir)?;
-        sync_dir(&self.root.join("tmp"))
+        // The new name is durable once its folder is; the old name's removal need not be (a
+        // leftover temporary name is cleaned at the next start).
+        sync_dir(dir)
     }
 
     fn discard_temp_sync(&self, id: &str) -> io::Result<()> {

@@ -281,9 +281,8 @@ pub async fn put(ctx: &Ctx<'_>, cmd: &Map<String, Value>) -> ApiResult<Value> {
     );
     let seq = actions::append(&mut writes, &mut account, vec![packet]);
     accounts::save(&mut writes, &account);
-    state.store.apply(writes).await?;
+    ctx.commit(writes, &uh, seq)?;
     drop(guard);
-    state.notifier.notify(&uh, seq);
     Ok(json!({"f": wire}))
 }
 
@@ -319,9 +318,8 @@ pub async fn set_attributes(ctx: &Ctx<'_>, cmd: &Map<String, Value>) -> ApiResul
     );
     let seq = actions::append(&mut writes, &mut account, vec![packet]);
     accounts::save(&mut writes, &account);
-    state.store.apply(writes).await?;
+    ctx.commit(writes, &uh, seq)?;
     drop(guard);
-    state.notifier.notify(&uh, seq);
     Ok(json!(0))
 }
 
@@ -364,9 +362,8 @@ pub async fn move_node(ctx: &Ctx<'_>, cmd: &Map<String, Value>) -> ApiResult<Val
     ];
     let seq = actions::append(&mut writes, &mut account, packets);
     accounts::save(&mut writes, &account);
-    state.store.apply(writes).await?;
+    ctx.commit(writes, &uh, seq)?;
     drop(guard);
-    state.notifier.notify(&uh, seq);
     Ok(json!(0))
 }
 

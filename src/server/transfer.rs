@@ -340,7 +340,7 @@ fn token_response(token: Bytes) -> Response {
         .into_response()
 }
 
-/// Makes the upload durable and records its completion token: 35 random bytes and `0x01` for
+/// Seals the upload and records its completion token: 35 random bytes and `0x01` for
 /// clients that asked with `v >= 2` (they base64 it), else 36 base64 characters that go-mega
 /// puts into `p` as they are.
 async fn complete(
@@ -369,7 +369,9 @@ async fn complete(
             created: now(),
         },
     );
-    state.store.apply(writes).await?;
+    // Not flushed: the token matters only until `p`, which makes everything durable; after a
+    // crash the client's `p` fails and it uploads again.
+    state.store.apply_lazy(writes)?;
     Ok(body)
 }
 

@@ -112,7 +112,25 @@ impl Handle {
     pub fn to_mega(self) -> Option<String> {
         self.to_bytes().map(|b| URL_SAFE_NO_PAD.encode(b))
     }
+
+    /// A fresh handle for a file created locally that the server does not hold yet: random,
+    /// in the range [`Handle::is_local`] recognises.
+    pub fn new_local() -> Self {
+        let mut be = [0u8; 8];
+        be[2..].copy_from_slice(&crate::crypto::random_array::<6>());
+        Handle(u64::from_be_bytes(be) | LOCAL_TAG)
+    }
+
+    /// Whether this handle names a file created locally and not uploaded yet. No service
+    /// handle is ever in this range: MEGA's are 48-bit and the Filen backend keeps its hashed
+    /// handles out of it (`filen::remote::handle_of`).
+    pub const fn is_local(self) -> bool {
+        self.0 & LOCAL_TAG == LOCAL_TAG
+    }
 }
+
+/// The top 16 bits every local handle has set.
+pub const LOCAL_TAG: u64 = 0xFFFF << 48;
 
 impl fmt::Debug for Handle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -1056,6 +1074,15 @@ impl Tree {
     }
 
     /// The inode of a live node.
+    /// The handles of every locally created node not uploaded yet.
+    pub fn local_handles(&self) -> Vec<Handle> {
+        self.by_handle
+            .keys()
+            .copied()
+            .filter(|h| h.is_local())
+            .collect()
+    }
+
     pub fn ino_of(&self, handle: Handle) -> Option<u64> {
         self.by_handle.get(&handle).copied()
     }

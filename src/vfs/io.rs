@@ -67,7 +67,7 @@ pub(super) struct ReadState {
 const ROOM_SLACK: u64 = 16 * 1024 * 1024;
 
 /// Errors that may say "no space left on the device".
-trait StorageError {
+pub(super) trait StorageError {
     fn is_full(&self) -> bool;
 }
 
@@ -241,7 +241,11 @@ impl<R: Remote> Vfs<R> {
 
     /// Runs a staging operation that needs about `need` bytes of disk; if the disk is full,
     /// evicts cached chunks (expendable, unlike staged writes) and tries once more.
-    fn making_room<T, E>(&self, need: u64, mut op: impl FnMut() -> Result<T, E>) -> Result<T>
+    pub(super) fn making_room<T, E>(
+        &self,
+        need: u64,
+        mut op: impl FnMut() -> Result<T, E>,
+    ) -> Result<T>
     where
         E: StorageError + Into<VfsError>,
     {
@@ -448,9 +452,14 @@ impl<R: Remote> Vfs<R> {
         };
         local.unlinked = true;
         local.dirty = false;
-        for id in std::mem::take(&mut local.queued) {
+        let cancelled = std::mem::take(&mut local.queued);
+        for &id in &cancelled {
             self.wb.finish(id)?;
             self.uploads.cancel(id);
+        }
+        if !cancelled.is_empty() {
+            // A deleted file's upload must not come back after a crash.
+            self.wb.sync()?;
         }
         if !open {
             // Open handles keep reading it until the last closes (`last_closed`).

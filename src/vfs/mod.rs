@@ -3,11 +3,13 @@
 //! and tested directly.
 //!
 //! Locking, in the order they may nest:
-//! 1. `ns`, an async mutex serializing every change to the namespace on the server (create,
-//!    mkdir, rename, unlink, metadata, and the commit step of uploads), so that the server's
-//!    state and the local tree change in the same order and an upload never commits a stale
-//!    name;
-//! 2. the tree's `RwLock` and the `files` / `handles` mutexes, held briefly and never across an
+//! 1. `ns`, an async mutex serializing every change to the namespace on the server (mkdir,
+//!    rename, unlink, metadata, and the commit step of uploads), so that the server's state and
+//!    the local tree change in the same order and an upload never commits a stale name.
+//!    Creating a file, and changing a file that exists only here, need no server and do not
+//!    take it (`local.rs`);
+//! 2. `committing` (files whose first upload is being committed), held briefly;
+//! 3. the tree's `RwLock` and the `files` / `handles` mutexes, held briefly and never across an
 //!    `await`.
 //!
 //! Changes we make are applied to the tree as soon as the server accepts them; the poller skips
@@ -15,6 +17,7 @@
 
 mod error;
 mod io;
+mod local;
 mod sync;
 mod upload;
 
@@ -85,6 +88,8 @@ pub struct VfsConfig {
     pub read_ahead: u64,
     /// Uploads running at once.
     pub upload_workers: usize,
+    /// How long a closed file waits before its upload starts (see `upload::Queue::submit`).
+    pub write_back_delay: Duration,
 }
 
 impl Default for VfsConfig {
@@ -94,7 +99,8 @@ impl Default for VfsConfig {
             gid: 0,
             read_only: false,
             read_ahead: 32 * 1024 * 1024,
-            upload_workers: 4,
+            upload_workers: 16,
+            write_back_delay: Duration::from_millis(200),
         }
     }
 }
@@ -155,11 +161,13 @@ pub struct Vfs<R: Remote> {
     /// rubbish bin, read from there, deleted at their last close — POSIX keeps an unlinked
     /// open file readable. A crash in between leaves them in the rubbish bin.
     hidden: Mutex<HashMap<u64, Node>>,
+    /// Files created here whose first upload is being committed right now (see `local.rs`).
+    committing: Mutex<HashSet<Handle>>,
     /// Deletions of such files under way (unmount waits for them).
     emptying: AtomicUsize,
     next_fh: AtomicU64,
     reads: io::ReadState,
-    uploads: upload::Queue,
+    uploads: upload::Queue<R::Upload>,
     notifier: OnceLock<Notifier>,
     status: Mutex<Status>,
     quota: Mutex<Option<(Quota, Instant)>>,
@@ -175,7 +183,7 @@ impl<R: Remote> Vfs<R> {
         wb: Writeback,
         config: VfsConfig,
     ) -> Arc<Self> {
-        let uploads = upload::Queue::new(config.upload_workers);
+        let uploads = upload::Queue::new(config.upload_workers, config.write_back_delay);
         Arc::new(Vfs {
             remote,
             tree: RwLock::new(tree),
@@ -187,6 +195,7 @@ impl<R: Remote> Vfs<R> {
             handles: Mutex::new(HashMap::new()),
             removing: Mutex::new(HashSet::new()),
             hidden: Mutex::new(HashMap::new()),
+            committing: Mutex::new(HashSet::new()),
             emptying: AtomicUsize::new(0),
             next_fh: AtomicU64::new(1),
             reads: io::ReadState::default(),
@@ -203,6 +212,7 @@ impl<R: Remote> Vfs<R> {
         if self.tree.read().seq().is_none() || self.tree.read().getattr(ROOT_INO).is_none() {
             self.reload().await?;
         }
+        self.drop_unqueued_local_files()?;
         self.resume_uploads()?;
         sync::spawn_poller(self.clone());
         Ok(())
@@ -469,26 +479,44 @@ impl<R: Remote> Vfs<R> {
         self.stat_handle(handle, true)
     }
 
-    /// Creates an empty file node and opens it for writing.
+    /// Creates an empty file and opens it for writing.
+    ///
+    /// The file exists locally first: a node in the tree under a local handle
+    /// ([`Handle::new_local`]) and a staging file, with no server round trip, so `create` costs
+    /// what it costs on a local disk. Its first upload creates the node on the server (the
+    /// inode stays); until then renames, metadata changes and unlinks of it are local (see
+    /// [`Vfs::rename`], [`Vfs::setattr`], [`Vfs::remove_file`]). It is marked dirty, so even a
+    /// file closed without a write is queued and reaches the server. A crash before its first
+    /// `close()` loses it, as it would lose an unsynced file on a local disk; after `close()`
+    /// the journal holds it.
+    ///
+    /// No server state changes, so `create` does not wait for the namespace lock (which upload
+    /// commits hold while the server answers). The kernel holds the folder's lock across
+    /// every create, mkdir and rename in it, so no other change of a name in this folder made
+    /// through the mount runs meanwhile; a remote change landing in the same instant makes a
+    /// duplicate name, shown as such (README, names).
     pub async fn create(&self, parent: u64, name: &str, mode: u32) -> Result<(Stat, u64)> {
         self.writable()?;
-        let _ns = self.ns.lock().await;
         let (p, meta) = self.new_entry(parent, name, Some(mode), None)?;
-        // The node exists on the server from the start (empty), so the file has a handle, an
-        // inode and a place in its folder that every other operation can use at once; its
-        // content replaces it when written and closed.
-        let (id, file) = self.wb.create()?;
-        let result = self.upload_new(&p, &meta, id).await;
-        let node = match result {
-            Ok(node) => node,
-            Err(e) => {
-                self.wb.discard(id);
-                return Err(e);
-            }
+        let (id, file) = self.making_room(0, || self.wb.create())?;
+        let node = Node {
+            handle: Handle::new_local(),
+            parent: Some(p.handle),
+            kind: NodeKind::File,
+            name: meta.name,
+            size: 0,
+            mtime_ns: meta.mtime_ns,
+            created: meta.mtime_ns.div_euclid(1_000_000_000),
+            mode: meta.mode,
+            symlink: None,
+            key: Vec::new(),
+            attrs: Default::default(),
         };
-        let handle = node.handle;
-        let mtime_ns = node.mtime_ns;
-        self.apply(vec![Change::Upsert(node)])?;
+        let (handle, mtime_ns) = (node.handle, node.mtime_ns);
+        if let Err(e) = self.apply(vec![Change::Upsert(node)]) {
+            self.wb.discard(id);
+            return Err(e);
+        }
         let st = self.stat_handle(handle, true)?;
         self.files.lock().insert(
             st.ino,
@@ -498,7 +526,7 @@ impl<R: Remote> Vfs<R> {
                 size: 0,
                 mtime_ns,
                 writers: 1,
-                dirty: false,
+                dirty: true,
                 sealed: false,
                 queued: Vec::new(),
                 committed: 0,
@@ -539,6 +567,7 @@ impl<R: Remote> Vfs<R> {
             let open = self.has_handles(ino);
             let local = self.files.lock().contains_key(&ino);
             let removed = match self.rubbish() {
+                _ if node.handle.is_local() => Ok(()),
                 Some(bin) if open && !local && node.size > 0 => {
                     self.remote.move_to(node, &bin).await.map(|hidden| {
                         self.hidden.lock().insert(ino, hidden);
@@ -603,6 +632,9 @@ impl<R: Remote> Vfs<R> {
         no_replace: bool,
     ) -> Result<()> {
         self.writable()?;
+        if self.local_rename(parent, name, new_parent, new_name)? {
+            return Ok(());
+        }
         let _ns = self.ns.lock().await;
         let (src, target) = {
             let tree = self.tree.read();
@@ -648,14 +680,14 @@ impl<R: Remote> Vfs<R> {
         };
         let mut moved = node.clone();
         if node.parent != Some(dest.handle) {
-            moved = self.remote.move_to(&moved, &dest).await?;
+            moved = self.move_of(&moved, &dest).await?;
         }
         if moved.name != remote_name {
             let meta = Meta {
                 name: remote_name,
                 ..Meta::of(&moved)
             };
-            moved = self.remote.set_meta(&moved, &meta).await?;
+            moved = self.set_meta_of(&moved, &meta).await?;
         }
         let changes = vec![Change::Upsert(moved)];
         // The replaced node goes only after the renamed one is in place: a crash in between
@@ -700,25 +732,32 @@ impl<R: Remote> Vfs<R> {
         if let Some(size) = set.size {
             self.truncate(ino, size).await?;
         }
-        if set.mode.is_some() || set.mtime.is_some() {
+        if (set.mode.is_some() || set.mtime.is_some()) && !self.local_setattr(ino, set)? {
             let _ns = self.ns.lock().await;
             let node = self.node(ino)?;
-            let mut meta = Meta::of(&node);
-            if let Some(mode) = set.mode {
-                meta.mode = Some(mode & 0o7777);
-            }
-            if let Some(mtime) = set.mtime {
-                meta.mtime_ns = mtime.unwrap_or_else(now_ns);
-                self.set_local_mtime(ino, meta.mtime_ns)?;
-            } else if let Some(local) = self.files.lock().get(&ino) {
-                meta.mtime_ns = local.mtime_ns;
-            }
+            let meta = self.meta_after(ino, &node, set)?;
             if meta != Meta::of(&node) {
-                let updated = self.remote.set_meta(&node, &meta).await?;
+                let updated = self.set_meta_of(&node, &meta).await?;
                 self.apply(vec![Change::Upsert(updated)])?;
             }
         }
         self.getattr(ino)
+    }
+
+    /// `node`'s metadata once `set` (mode, mtime) is applied; a new mtime also goes to the
+    /// local content and its queued uploads.
+    fn meta_after(&self, ino: u64, node: &Node, set: SetAttr) -> Result<Meta> {
+        let mut meta = Meta::of(node);
+        if let Some(mode) = set.mode {
+            meta.mode = Some(mode & 0o7777);
+        }
+        if let Some(mtime) = set.mtime {
+            meta.mtime_ns = mtime.unwrap_or_else(now_ns);
+            self.set_local_mtime(ino, meta.mtime_ns)?;
+        } else if let Some(local) = self.files.lock().get(&ino) {
+            meta.mtime_ns = local.mtime_ns;
+        }
+        Ok(meta)
     }
 }
 

@@ -48,9 +48,17 @@ pub(super) fn spawn_poller<R: Remote>(vfs: Arc<Vfs<R>>) {
 impl<R: Remote> Vfs<R> {
     /// Replaces the tree with a full fetch (inode numbers of known nodes stay).
     pub(super) async fn reload(&self) -> Result<()> {
-        let (nodes, seq) = self.remote.snapshot().await?;
+        let (mut nodes, seq) = self.remote.snapshot().await?;
         let _ns = self.ns.lock().await;
-        let inval = self.tree.write().apply_snapshot(nodes, seq.as_deref())?;
+        let mut tree = self.tree.write();
+        // Files created here and not uploaded yet are not in the server's tree; they stay.
+        nodes.extend(
+            tree.local_handles()
+                .into_iter()
+                .filter_map(|h| tree.ino_of(h).and_then(|i| tree.node(i))),
+        );
+        let inval = tree.apply_snapshot(nodes, seq.as_deref())?;
+        drop(tree);
         self.notify(&inval);
         Ok(())
     }

@@ -3,21 +3,37 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 use super::{LocalFile, Result, Vfs, VfsError};
-use crate::remote::{Meta, Remote, RemoteError};
-use crate::tree::{Change, Handle, ROOT_INO};
+use crate::remote::{Commit, Meta, Remote, RemoteError};
+use crate::tree::{Change, Handle, Node, NodeKind, ROOT_INO};
+use crate::writeback::Entry;
 
 /// Longest wait between two tries of a failing upload.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-pub(super) struct Queue {
-    tx: mpsc::UnboundedSender<u64>,
-    rx: Mutex<Option<mpsc::UnboundedReceiver<u64>>>,
+/// Most uploads committed in one request.
+const MAX_COMMIT_BATCH: usize = 200;
+
+/// Uploads whose content is sent, waiting for the committer; each with where its outcome goes.
+struct Ready<U> {
+    id: u64,
+    upload: U,
+    done: oneshot::Sender<Result<Outcome>>,
+}
+
+pub(super) struct Queue<U> {
+    /// Uploads to run, each with the moment it may start.
+    tx: mpsc::UnboundedSender<(u64, Instant)>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<(u64, Instant)>>>,
+    /// How long a closed file waits before its upload starts (see [`Queue::submit`]).
+    delay: Duration,
+    ready_tx: mpsc::UnboundedSender<Ready<U>>,
+    ready_rx: Mutex<Option<mpsc::UnboundedReceiver<Ready<U>>>>,
     workers: usize,
     /// Uploads under way, each with the signal that abandons it (its file was deleted): an
     /// abandoned upload stops reading its staging file at once, so a deleted file's space is
@@ -25,19 +41,33 @@ pub(super) struct Queue {
     running: Mutex<HashMap<u64, Arc<Notify>>>,
 }
 
-impl Queue {
-    pub(super) fn new(workers: usize) -> Self {
+impl<U> Queue<U> {
+    pub(super) fn new(workers: usize, delay: Duration) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = mpsc::unbounded_channel();
         Queue {
             tx,
             rx: Mutex::new(Some(rx)),
+            ready_tx,
+            ready_rx: Mutex::new(Some(ready_rx)),
+            delay,
             workers: workers.max(1),
             running: Mutex::new(HashMap::new()),
         }
     }
 
+    /// Queues upload `id` to start after the write-back delay. Programs often change a file
+    /// right after closing it (`rsync` and atomic saves set its times and mode and rename it
+    /// into place; `cp -p` sets times): for a file created here, those changes are local
+    /// while its upload has not begun (`local.rs`), so waiting a moment turns several server
+    /// round trips into none, and the upload carries the final name and metadata.
     pub(super) fn submit(&self, id: u64) {
-        let _ = self.tx.send(id);
+        let _ = self.tx.send((id, Instant::now() + self.delay));
+    }
+
+    /// Queues upload `id` to start at once (resumed after a remount).
+    fn submit_now(&self, id: u64) {
+        let _ = self.tx.send((id, Instant::now()));
     }
 
     /// Abandons upload `id` if it is under way; its journal entry must already be gone (an
@@ -65,7 +95,11 @@ impl<R: Remote> Vfs<R> {
     pub(super) fn resume_uploads(self: &Arc<Self>) -> Result<()> {
         let pending = self.wb.pending()?;
         for entry in &pending {
-            let ino = self.tree.read().ino_of(Handle::from_u64(entry.target));
+            let target = Handle::from_u64(entry.target);
+            let mut ino = self.tree.read().ino_of(target);
+            if ino.is_none() && target.is_local() {
+                ino = self.restore_local_node(entry)?;
+            }
             if let Some(ino) = ino {
                 let file = Arc::new(self.wb.reopen(entry.id)?);
                 let mut files = self.files.lock();
@@ -88,7 +122,7 @@ impl<R: Remote> Vfs<R> {
                 local.mtime_ns = entry.mtime_ns;
                 local.queued.push(entry.id);
             }
-            self.uploads.submit(entry.id);
+            self.uploads.submit_now(entry.id);
         }
         if !pending.is_empty() {
             tracing::info!(count = pending.len(), "resuming queued uploads");
@@ -96,19 +130,53 @@ impl<R: Remote> Vfs<R> {
         let Some(mut rx) = self.uploads.rx.lock().take() else {
             return Ok(());
         };
+        if let Some(ready) = self.uploads.ready_rx.lock().take() {
+            tokio::spawn(self.clone().commit_loop(ready));
+        }
         let this = self.clone();
         let slots = Arc::new(Semaphore::new(self.uploads.workers));
         tokio::spawn(async move {
-            while let Some(id) = rx.recv().await {
-                let permit = slots.clone().acquire_owned().await.expect("never closed");
-                let this = this.clone();
+            while let Some((id, start)) = rx.recv().await {
+                let (this, slots) = (this.clone(), slots.clone());
                 tokio::spawn(async move {
+                    tokio::time::sleep_until(start.into()).await;
+                    let permit = slots.acquire_owned().await.expect("never closed");
                     this.upload_until_done(id).await;
                     drop(permit);
                 });
             }
         });
         Ok(())
+    }
+
+    /// A file created here, closed, then the daemon killed before the tree's last changes
+    /// reached the disk: the journal knows its folder, name and mode, so it is shown again at
+    /// once (its content is local) rather than only after its upload.
+    fn restore_local_node(&self, entry: &Entry) -> Result<Option<u64>> {
+        let parent = {
+            let tree = self.tree.read();
+            let parent = Handle::from_u64(entry.parent);
+            if tree.ino_of(parent).is_some() {
+                Some(parent)
+            } else {
+                tree.handle_of(ROOT_INO)
+            }
+        };
+        let node = Node {
+            handle: Handle::from_u64(entry.target),
+            parent,
+            kind: NodeKind::File,
+            name: entry.name.clone(),
+            size: entry.size,
+            mtime_ns: entry.mtime_ns,
+            created: entry.mtime_ns.div_euclid(1_000_000_000),
+            mode: entry.mode,
+            symlink: None,
+            key: Vec::new(),
+            attrs: Default::default(),
+        };
+        self.apply(vec![Change::Upsert(node)])?;
+        Ok(self.tree.read().ino_of(Handle::from_u64(entry.target)))
     }
 
     /// Retries an upload until it is committed or dropped: an acknowledged write stays queued
@@ -160,7 +228,9 @@ impl<R: Remote> Vfs<R> {
             return Ok(Outcome::Dropped);
         };
         if self.superseded(id, Handle::from_u64(entry.target)) {
+            // Durably: an old version coming back after a crash could win over the new one.
             self.retire(id, None)?;
+            self.wb.sync()?;
             return Ok(Outcome::Dropped);
         }
         // Where the file is now (its folder may still change before the commit).
@@ -180,17 +250,114 @@ impl<R: Remote> Vfs<R> {
             .remote
             .upload_content(&self.wb.path_of(id), entry.mtime_ns, &hint)
             .await?;
+        let (done, outcome) = oneshot::channel();
+        let ready = Ready { id, upload, done };
+        if self.uploads.ready_tx.send(ready).is_err() {
+            return Err(VfsError::Remote(RemoteError::Other(
+                "the upload committer stopped".into(),
+            )));
+        }
+        outcome.await.map_err(|_| {
+            VfsError::Remote(RemoteError::Other("the upload committer stopped".into()))
+        })?
+    }
 
-        let _ns = self.ns.lock().await;
-        // Re-read everything under the lock: the file may have been renamed, deleted or
-        // written again while its content travelled.
+    /// Commits uploads as their content arrives. Whatever finished while the previous batch was
+    /// being committed goes in the next one: one request and one hold of the namespace lock
+    /// for many small files, and no wait at all when uploads are few.
+    async fn commit_loop(self: Arc<Self>, mut ready: mpsc::UnboundedReceiver<Ready<R::Upload>>) {
+        while let Some(first) = ready.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_COMMIT_BATCH {
+                match ready.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(batch).await;
+        }
+    }
+
+    async fn commit_batch(&self, batch: Vec<Ready<R::Upload>>) {
+        let ns = self.ns.lock().await;
+        let mut commits = Vec::with_capacity(batch.len());
+        let mut waiting = Vec::with_capacity(batch.len());
+        let mut marked = Vec::new();
+        for Ready { id, upload, done } in batch {
+            // Planned under `committing`, so a local change to the file either came before
+            // (and is in the plan) or sees the mark and waits for `ns` (see `local.rs`).
+            let plan = {
+                let mut committing = self.committing.lock();
+                let plan = self.plan_commit(id);
+                if let Ok(Some((_, _, Some(old)))) = &plan
+                    && old.handle.is_local()
+                {
+                    committing.insert(old.handle);
+                    marked.push(old.handle);
+                }
+                plan
+            };
+            match plan {
+                Ok(Some((parent, meta, old))) => {
+                    // A file created here and never uploaded has no node on the server to
+                    // replace.
+                    let replaces = old.clone().filter(|n| !n.handle.is_local());
+                    commits.push(Commit {
+                        parent,
+                        meta,
+                        upload,
+                        replaces,
+                    });
+                    waiting.push((id, old, done));
+                }
+                Ok(None) => {
+                    let _ = done.send(Ok(Outcome::Dropped));
+                }
+                Err(e) => {
+                    let _ = done.send(Err(e));
+                }
+            }
+        }
+        let results = if commits.is_empty() {
+            Vec::new()
+        } else {
+            self.remote.commit_uploads(commits).await
+        };
+        let mut outcomes = Vec::with_capacity(waiting.len());
+        for ((id, old, done), result) in waiting.into_iter().zip(results) {
+            let outcome = match result {
+                Ok(node) => self.committed(id, old, node).map(|()| Outcome::Committed),
+                Err(e) => Err(e.into()),
+            };
+            outcomes.push((done, outcome));
+        }
+        {
+            let mut committing = self.committing.lock();
+            for handle in marked {
+                committing.remove(&handle);
+            }
+        }
+        drop(ns);
+        // One flush makes every retirement of the batch durable, before anyone hears of it.
+        if let Err(error) = self.wb.sync() {
+            tracing::warn!(%error, "could not flush the journal after committing uploads");
+        }
+        for (done, outcome) in outcomes {
+            let _ = done.send(outcome);
+        }
+    }
+
+    /// What upload `id` commits as, re-read under the namespace lock (the file may have been
+    /// renamed, deleted or written again while its content travelled): the folder, the
+    /// metadata and the node it replaces, or `None` when the upload is to be dropped.
+    fn plan_commit(&self, id: u64) -> Result<Option<(Node, Meta, Option<Node>)>> {
         let Some(entry) = self.wb.get(id)? else {
-            return Ok(Outcome::Dropped);
+            return Ok(None);
         };
         let target = Handle::from_u64(entry.target);
         if self.superseded(id, target) {
             self.retire(id, None)?;
-            return Ok(Outcome::Dropped);
+            return Ok(None);
         }
         let (ino, old) = {
             let tree = self.tree.read();
@@ -236,14 +403,17 @@ impl<R: Remote> Vfs<R> {
                 (parent, meta)
             }
         };
-        let node = self
-            .remote
-            .commit_upload(&parent, &meta, upload, old.as_ref())
-            .await?;
+        Ok(Some((parent, meta, old)))
+    }
+
+    /// Upload `id` is now `node` on the server: the tree and the journal learn it.
+    fn committed(&self, id: u64, old: Option<Node>, node: Node) -> Result<()> {
         let new_handle = node.handle;
-        let change = match &old {
+        let change = match old {
             Some(old) => {
-                self.cache.invalidate(&self.remote.content_id(old));
+                if !old.handle.is_local() {
+                    self.cache.invalidate(&self.remote.content_id(&old));
+                }
                 Change::Replace {
                     old: old.handle,
                     node,
@@ -252,8 +422,7 @@ impl<R: Remote> Vfs<R> {
             None => Change::Upsert(node),
         };
         self.apply(vec![change])?;
-        self.retire(id, Some(new_handle))?;
-        Ok(Outcome::Committed)
+        self.retire(id, Some(new_handle))
     }
 
     /// Takes a finished (or dropped) upload out of the journal and the file's local state;

@@ -4,9 +4,11 @@
 //! it; this module holds the durable parts):
 //!
 //! ```text
+//!   (new) ──create──▶ open (a local node, no server round trip; see vfs/local.rs)
 //!   clean ──open for write──▶ open (staging file, writers > 0)
 //!   open ──last close / fsync──▶ queued   (staging file sealed, journal entry written, fsynced)
-//!   queued ──worker──▶ uploading ──node committed──▶ clean (entry and staging file removed)
+//!   queued ──write-back delay, worker──▶ uploading ──node committed (in a batch)──▶ clean
+//!                                        (entry and staging file removed)
 //!   queued/uploading ──open for write──▶ open again on a *copy* of the sealed file, so the
 //!                                        upload in flight never sees a half-written state
 //!   uploading ──server down──▶ queued (retried with backoff; the write is never dropped)
@@ -205,8 +207,15 @@ impl Writeback {
     }
 
     /// Removes an upload from the journal, keeping its staging file (still open for writing).
+    /// Reaches the disk with the next [`Writeback::sync`] (or sled's own flush, every half
+    /// second): callers that must not see the entry again after a crash sync.
     pub fn forget(&self, id: u64) -> Result<()> {
         self.journal.remove(id.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Makes every journal change so far durable.
+    pub fn sync(&self) -> Result<()> {
         self.journal.flush()?;
         Ok(())
     }
