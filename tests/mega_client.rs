@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use zeroize::Zeroizing;
 
 use veilfs::crypto::mega as mc;
+use veilfs::mega::client::UploadCommit;
 use veilfs::mega::nodes::{DecryptedNode, NodeKey};
 use veilfs::mega::session::{Credentials, Session};
 use veilfs::mega::transfer::TransferOptions;
@@ -425,4 +426,107 @@ async fn many_concurrent_writers_are_all_answered() {
         .expect("the server stopped answering");
     let (after, _) = client.fetch_tree().await.unwrap();
     assert_eq!(after.len(), nodes.len() + 24 * 15);
+}
+
+/// `commit_uploads`: many files in one request, each succeeding or failing on its own; a
+/// replaced node goes only when its replacement exists.
+#[tokio::test]
+async fn a_commit_batch_makes_each_file_on_its_own_and_replaces_only_after_success() {
+    let f = fixture("commits@example.com").await;
+    let client = login(&f).await;
+    let (nodes, _) = client.fetch_tree().await.unwrap();
+    let root = root(&nodes);
+    let folder = client.mkdir(&root, &attrs("A")).await.unwrap().wire.h;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, data: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, data).unwrap();
+        path
+    };
+    let old = client
+        .upload(
+            &root,
+            &write("old", b"old content"),
+            &attrs("doc"),
+            None,
+            |_| {},
+        )
+        .await
+        .unwrap()
+        .wire
+        .h;
+    let keep = client
+        .upload(
+            &root,
+            &write("keep", b"keep me"),
+            &attrs("kept"),
+            None,
+            |_| {},
+        )
+        .await
+        .unwrap()
+        .wire
+        .h;
+    let new_doc = pattern(200_000, 3);
+    let (k0, u0) = client
+        .upload_data(&write("n0", &new_doc), |_| {})
+        .await
+        .unwrap();
+    let (k2, u2) = client
+        .upload_data(&write("n2", b"into A"), |_| {})
+        .await
+        .unwrap();
+    let (a0, a1, a2) = (attrs("doc"), attrs("kept"), attrs("in A ✓"));
+    let items = [
+        UploadCommit {
+            parent: &root,
+            key: &k0,
+            uploaded: &u0,
+            attributes: &a0,
+            replaces: Some(&old),
+        },
+        // The same completion token again: the server refuses it, so "kept" must stay.
+        UploadCommit {
+            parent: &root,
+            key: &k0,
+            uploaded: &u0,
+            attributes: &a1,
+            replaces: Some(&keep),
+        },
+        UploadCommit {
+            parent: &folder,
+            key: &k2,
+            uploaded: &u2,
+            attributes: &a2,
+            replaces: None,
+        },
+    ];
+    let results = client.commit_uploads(&items).await.unwrap();
+    assert_eq!(results.len(), 3);
+    let doc = results[0].as_ref().expect("the first file is committed");
+    assert!(results[1].is_err(), "a reused token must fail on its own");
+    let in_a = results[2].as_ref().expect("the third file is committed");
+    assert_eq!(in_a.wire.p, folder);
+
+    let (after, _) = login(&f).await.fetch_tree().await.unwrap();
+    let names_in = |parent: &str| {
+        let mut v: Vec<String> = after
+            .iter()
+            .filter(|n| n.wire.p == parent)
+            .filter_map(|n| n.name().map(str::to_string))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names_in(&root), ["A", "doc", "kept"]);
+    assert_eq!(names_in(&folder), ["in A ✓"]);
+    assert!(
+        after.iter().all(|n| n.wire.h != old),
+        "the replaced node is gone"
+    );
+    assert!(
+        after.iter().any(|n| n.wire.h == keep),
+        "the node whose replacement failed stays"
+    );
+    assert!(download(&client, doc).await == new_doc);
 }
