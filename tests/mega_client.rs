@@ -13,6 +13,7 @@ use veilfs::mega::client::UploadCommit;
 use veilfs::mega::nodes::{DecryptedNode, NodeKey};
 use veilfs::mega::session::{Credentials, Session};
 use veilfs::mega::transfer::TransferOptions;
+use veilfs::mega::wire::FetchNodes;
 use veilfs::mega::{MegaClient, MegaError, NewContent, NewNode};
 use veilfs::retry::RetryPolicy;
 use veilfs::server::{self, ServerConfig};
@@ -529,4 +530,156 @@ async fn a_commit_batch_makes_each_file_on_its_own_and_replaces_only_after_succe
         "the node whose replacement failed stays"
     );
     assert!(download(&client, doc).await == new_doc);
+}
+
+/// The tree as `f` was read before answers were parsed straight into typed nodes: the whole
+/// answer as a JSON value, converted, then every share key learnt before any node is decrypted.
+async fn fetch_tree_via_json_value(
+    client: &MegaClient,
+    command: Value,
+    public_root: Option<&str>,
+) -> (Vec<DecryptedNode>, Option<String>) {
+    let answer = client.api().call(command).await.unwrap();
+    let fetched: FetchNodes = serde_json::from_value(answer).unwrap();
+    let mut keys = client.session().key_ring().unwrap();
+    keys.add_outgoing_shares(&fetched.ok);
+    for node in &fetched.f {
+        keys.learn_incoming_share(node);
+    }
+    let mut nodes: Vec<DecryptedNode> = fetched.f.into_iter().map(|n| keys.decrypt(n)).collect();
+    for node in nodes
+        .iter_mut()
+        .filter(|n| Some(n.wire.h.as_str()) == public_root)
+    {
+        node.wire.t = 2;
+        node.wire.p = String::new();
+    }
+    (nodes, fetched.sn)
+}
+
+/// Field by field (a decrypted node has no `PartialEq`): wire node, key, attributes.
+fn assert_same_nodes(got: &[DecryptedNode], want: &[DecryptedNode]) {
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g.wire, w.wire);
+        assert_eq!(g.key, w.key, "key of {}", w.wire.h);
+        assert_eq!(g.attributes, w.attributes, "attributes of {}", w.wire.h);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_fetch_gives_the_same_nodes_as_the_json_value_path() {
+    let f = fixture("parse@example.com").await;
+    let client = login(&f).await;
+    let (nodes, _) = client.fetch_tree().await.unwrap();
+    let root = root(&nodes);
+
+    let folder = client.mkdir(&root, &attrs("Ordner ✓")).await.unwrap();
+    let sub = client
+        .mkdir(&folder.wire.h, &attrs("サブ \"quoted\" \\ back"))
+        .await
+        .unwrap();
+    let mut shared = vec![folder.clone(), sub.clone()];
+    let dir = tempfile::tempdir().unwrap();
+    for (i, name) in ["файл.bin", "emoji 🎉.txt", "plain.txt"].iter().enumerate() {
+        let path = dir.path().join(format!("f{i}"));
+        std::fs::write(&path, pattern(1000 * i + 7, i as u8)).unwrap();
+        let parent = if i == 0 { &folder.wire.h } else { &sub.wire.h };
+        let file = client
+            .upload(parent, &path, &attrs(name), None, |_| {})
+            .await
+            .unwrap();
+        shared.push(file);
+    }
+    // Nodes whose key does not open their attributes: listed without a key.
+    let path = dir.path().join("keyless");
+    std::fs::write(&path, b"sealed for nobody").unwrap();
+    let (_, data) = client.upload_data(&path, |_| {}).await.unwrap();
+    for (h, t) in [(data.token.as_str(), 0), ("xxxxxxxx", 1)] {
+        let key = mc::b64_encode(&vec![7u8; if t == 0 { 32 } else { 16 }]);
+        let a = mc::encrypt_attributes(&[9; 16], &attrs("never seen"));
+        client
+            .api()
+            .call(json!({"a": "p", "t": sub.wire.h, "n": [{"h": h, "t": t, "a": a, "k": key}]}))
+            .await
+            .unwrap();
+    }
+    // An outgoing share (the folder's key in `f`'s `ok` list) with a public link on it.
+    let share = mc::generate_folder_key();
+    let master = client.session().master_key().unwrap();
+    let h = &folder.wire.h;
+    let handles: Vec<&str> = shared.iter().map(|n| n.wire.h.as_str()).collect();
+    let mut wrapped = Vec::new();
+    for (j, node) in shared.iter().enumerate() {
+        let key = node.key.as_ref().unwrap().to_bytes();
+        let key = mc::b64_encode(&mc::ecb_encrypt(&share, &key).unwrap());
+        wrapped.extend([json!(0), json!(j), json!(key)]);
+    }
+    client
+        .api()
+        .call(json!({
+            "a": "s2", "n": h, "s": [{"u": "EXP", "r": 0}],
+            "ok": mc::b64_encode(&mc::ecb_encrypt(&master, &share).unwrap()),
+            "ha": mc::b64_encode(&mc::share_key_auth(&master, h).unwrap()),
+            "cr": [[h], handles, wrapped],
+        }))
+        .await
+        .unwrap();
+    let ph = client.api().call(json!({"a": "l", "n": h})).await.unwrap();
+    let ph = ph.as_str().unwrap().to_string();
+
+    let command = json!({"a": "f", "c": 1, "r": 1});
+    let (want, want_sn) = fetch_tree_via_json_value(&client, command, None).await;
+    let (got, got_sn) = client.fetch_tree().await.unwrap();
+    assert_same_nodes(&got, &want);
+    assert_eq!(got_sn, want_sn);
+    assert!(want_sn.is_some());
+    let names: Vec<&str> = got.iter().filter_map(DecryptedNode::name).collect();
+    for name in [
+        "Ordner ✓",
+        "サブ \"quoted\" \\ back",
+        "файл.bin",
+        "emoji 🎉.txt",
+    ] {
+        assert!(names.contains(&name), "{name} in {names:?}");
+    }
+    let keyless = got
+        .iter()
+        .filter(|n| n.wire.t < 2 && n.key.is_none())
+        .count();
+    assert_eq!(keyless, 2);
+    assert!(
+        client.share_key(h).is_some(),
+        "the outgoing share key was learnt"
+    );
+
+    // The tree nodes the mount builds from it: converted node by node, the same.
+    let (tree_nodes, _) = client
+        .fetch_tree_map(veilfs::mega::remote::to_tree_node)
+        .await
+        .unwrap();
+    let want_tree: Vec<_> = want
+        .into_iter()
+        .filter_map(veilfs::mega::remote::to_tree_node)
+        .collect();
+    assert_eq!(tree_nodes, want_tree);
+    assert_eq!(tree_nodes.len(), got.len());
+
+    // The folder link: its `f` has the folder as root.
+    let link = MegaClient::open_public_folder(
+        &f.server.url(),
+        &ph,
+        &share,
+        RetryPolicy::quick(),
+        TransferOptions::default(),
+    )
+    .await
+    .unwrap();
+    let command = json!({"a": "f", "c": 1, "r": 1});
+    let (want, want_sn) = fetch_tree_via_json_value(&link, command, Some(h)).await;
+    let (got, got_sn) = link.fetch_tree().await.unwrap();
+    assert_same_nodes(&got, &want);
+    assert_eq!(got_sn, want_sn);
+    assert_eq!(got.iter().filter(|n| n.wire.t == 2).count(), 1);
+    assert!(got.iter().any(|n| n.name() == Some("emoji 🎉.txt")));
 }

@@ -4,7 +4,9 @@
 //! policy for congestion and dropped connections, and the hashcash proof-of-work that MEGA demands
 //! at login. Commands themselves live in the modules that use them.
 
+use serde::de::{self, DeserializeSeed, IgnoredAny, IntoDeserializer, Visitor};
 use serde_json::Value;
+use std::fmt;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -90,27 +92,58 @@ impl ApiClient {
         results.pop().expect("batch returns one result per command")
     }
 
+    /// Runs one command and deserializes its result with `seed` straight from the answer's
+    /// bytes, without building a [`Value`] of it first: for large answers (`f`), where a JSON
+    /// tree of the whole answer would cost several times its size. Errors, retries and
+    /// proof-of-work are those of [`ApiClient::call`]. `seed` may be used more than once (once
+    /// per answer received), so it is made afresh for every attempt.
+    pub async fn call_seeded<T, S, F>(&self, command: Value, mut seed: F) -> Result<T>
+    where
+        F: FnMut() -> S,
+        S: for<'de> DeserializeSeed<'de, Value = T>,
+    {
+        let what = command.get("a").and_then(Value::as_str).unwrap_or("answer");
+        let what = what.to_string();
+        let body = serde_json::to_vec(&[command]).expect("JSON values serialize");
+        self.request(body, |answer| single_result(answer, seed(), &what))
+            .await
+    }
+
     /// Runs several commands in one request. The outer error is the request's; each command has
     /// its own result.
     pub async fn batch(&self, commands: Vec<Value>) -> Result<Vec<Result<Value>>> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let body = serde_json::to_vec(&commands).expect("JSON values serialize");
+        self.request(body, |answer| {
+            let value: Value = serde_json::from_slice(answer)
+                .map_err(|_| MegaError::malformed("API answer is not JSON"))?;
+            let mut results = split_results(value, commands.len())?;
+            // A lone command that hit congestion is retried like a whole request.
+            if results.len() == 1
+                && matches!(&results[0], Err(MegaError::Api(c)) if c.is_transient())
+            {
+                return Err(results.pop().expect("one result").unwrap_err());
+            }
+            Ok(results)
+        })
+        .await
+    }
+
+    /// Sends `body` until `parse` accepts an answer, solving proof-of-work challenges and
+    /// retrying what [`is_retryable`] allows (including errors `parse` returns).
+    async fn request<T>(
+        &self,
+        body: Vec<u8>,
+        mut parse: impl FnMut(&[u8]) -> Result<T>,
+    ) -> Result<T> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut attempt = 0;
         let mut hashcash_rounds = 0;
         let mut hashcash: Option<String> = None;
         loop {
             let outcome = self.send(id, &body, hashcash.as_deref()).await;
             let error = match outcome {
-                Ok(Reply::Answer(value)) => match split_results(value, commands.len()) {
-                    Ok(results) => {
-                        // A lone command that hit congestion is retried like a whole request.
-                        let transient = results.len() == 1
-                            && matches!(&results[0], Err(MegaError::Api(c)) if c.is_transient());
-                        if !transient {
-                            return Ok(results);
-                        }
-                        results.into_iter().next().unwrap().unwrap_err()
-                    }
+                Ok(Reply::Answer(answer)) => match parse(&answer) {
+                    Ok(parsed) => return Ok(parsed),
                     Err(e) => e,
                 },
                 Ok(Reply::Hashcash(challenge)) => {
@@ -173,14 +206,13 @@ impl ApiClient {
             return Err(MegaError::Http(status));
         }
         let bytes = response.bytes().await.map_err(network_error)?;
-        let value: Value = serde_json::from_slice(&bytes)
-            .map_err(|_| MegaError::malformed("API answer is not JSON"))?;
-        Ok(Reply::Answer(value))
+        Ok(Reply::Answer(bytes))
     }
 }
 
 enum Reply {
-    Answer(Value),
+    /// The answer's body, not yet parsed.
+    Answer(bytes::Bytes),
     Hashcash(Challenge),
 }
 
@@ -221,10 +253,205 @@ fn split_results(answer: Value, expected: usize) -> Result<Vec<Result<Value>>> {
     }
 }
 
+/// Parses the answer to a single command, `[result]`, deserializing `result` with `seed`; a
+/// negative number in its place (or instead of the array) is an error code. The same outcomes
+/// as [`split_results`] for one command followed by deserializing the result, without the
+/// intermediate [`Value`]. `what` names the command in errors about the result's shape.
+fn single_result<'de, S: DeserializeSeed<'de>>(
+    answer: &'de [u8],
+    seed: S,
+    what: &str,
+) -> Result<S::Value> {
+    let mut de = serde_json::Deserializer::from_slice(answer);
+    let parsed = de::Deserializer::deserialize_any(&mut de, AnswerVisitor(seed))
+        .and_then(|parsed| de.end().map(|()| parsed));
+    let parsed = parsed.map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => MegaError::malformed(format!("{what}: {e}")),
+        _ => MegaError::malformed("API answer is not JSON"),
+    })?;
+    match parsed {
+        Answer::Result(Element::Value(value)) => Ok(value),
+        Answer::Result(Element::Code(code)) | Answer::Code(code) => {
+            Err(MegaError::Api(ErrorCode::from_code(code)))
+        }
+        Answer::Number => Err(MegaError::malformed("API answer is a number, not an array")),
+        Answer::Count(n) => Err(MegaError::malformed(format!("{n} results for 1 commands"))),
+        Answer::Other => Err(MegaError::malformed("API answer is not an array")),
+    }
+}
+
+/// The shapes an answer to one command can take.
+enum Answer<T> {
+    Result(Element<T>),
+    /// A negative number: an error for the whole request.
+    Code(i64),
+    /// Any other number.
+    Number,
+    /// An array of another length than one.
+    Count(usize),
+    Other,
+}
+
+enum Element<T> {
+    Value(T),
+    Code(i64),
+}
+
+struct AnswerVisitor<S>(S);
+
+impl<'de, S: DeserializeSeed<'de>> Visitor<'de> for AnswerVisitor<S> {
+    type Value = Answer<S::Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an API answer")
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<Self::Value, E> {
+        Ok(if v < 0 {
+            Answer::Code(v)
+        } else {
+            Answer::Number
+        })
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> std::result::Result<Self::Value, E> {
+        Ok(Answer::Number)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> std::result::Result<Self::Value, E> {
+        Ok(Answer::Number)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> std::result::Result<Self::Value, E> {
+        Ok(Answer::Other)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> std::result::Result<Self::Value, E> {
+        Ok(Answer::Other)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> std::result::Result<Self::Value, E> {
+        Ok(Answer::Other)
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Answer::Other)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let Some(first) = seq.next_element_seed(ElementSeed(self.0))? else {
+            return Ok(Answer::Count(0));
+        };
+        let mut count = 1;
+        while seq.next_element::<IgnoredAny>()?.is_some() {
+            count += 1;
+        }
+        Ok(if count == 1 {
+            Answer::Result(first)
+        } else {
+            Answer::Count(count)
+        })
+    }
+}
+
+/// One command's result: a negative number is its error code, anything else goes to the seed.
+struct ElementSeed<S>(S);
+
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for ElementSeed<S> {
+    type Value = Element<S::Value>;
+
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, S: DeserializeSeed<'de>> Visitor<'de> for ElementSeed<S> {
+    type Value = Element<S::Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a command's result")
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<Self::Value, E> {
+        if v < 0 {
+            return Ok(Element::Code(v));
+        }
+        self.0
+            .deserialize(v.into_deserializer())
+            .map(Element::Value)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<Self::Value, E> {
+        self.0
+            .deserialize(v.into_deserializer())
+            .map(Element::Value)
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<Self::Value, E> {
+        self.0
+            .deserialize(v.into_deserializer())
+            .map(Element::Value)
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> std::result::Result<Self::Value, E> {
+        self.0
+            .deserialize(v.into_deserializer())
+            .map(Element::Value)
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> std::result::Result<Self::Value, E> {
+        self.0
+            .deserialize(de::value::BorrowedStrDeserializer::new(v))
+            .map(Element::Value)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
+        self.0
+            .deserialize(v.to_string().into_deserializer())
+            .map(Element::Value)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> std::result::Result<Self::Value, E> {
+        self.0
+            .deserialize(().into_deserializer())
+            .map(Element::Value)
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(
+        self,
+        map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        self.0
+            .deserialize(de::value::MapAccessDeserializer::new(map))
+            .map(Element::Value)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(
+        self,
+        seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        self.0
+            .deserialize(de::value::SeqAccessDeserializer::new(seq))
+            .map(Element::Value)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mega::wire::FetchNodes;
     use serde_json::json;
+    use std::marker::PhantomData;
 
     #[test]
     fn splits_per_command_results_and_errors() {
@@ -248,6 +475,82 @@ mod tests {
             split_results(json!(5), 1),
             Err(MegaError::Malformed(_))
         ));
+    }
+
+    /// How an answer was read before [`single_result`]: a JSON value, split, then converted.
+    fn via_value<T: serde::de::DeserializeOwned>(answer: &[u8]) -> Result<T> {
+        let value: Value = serde_json::from_slice(answer)
+            .map_err(|_| MegaError::malformed("API answer is not JSON"))?;
+        let item = split_results(value, 1)?.pop().unwrap()?;
+        serde_json::from_value(item).map_err(|e| MegaError::malformed(format!("f: {e}")))
+    }
+
+    fn same_outcome<T: PartialEq + fmt::Debug>(got: Result<T>, want: Result<T>, answer: &str) {
+        match (got, want) {
+            (Ok(g), Ok(w)) => assert_eq!(g, w, "{answer}"),
+            (Err(MegaError::Api(g)), Err(MegaError::Api(w))) => assert_eq!(g, w, "{answer}"),
+            (Err(MegaError::Malformed(_)), Err(MegaError::Malformed(_))) => {}
+            (got, want) => panic!("{answer}: {got:?} instead of {want:?}"),
+        }
+    }
+
+    #[test]
+    fn a_single_result_parses_as_through_a_json_value() {
+        let fetch = r#"[{"f":[
+            {"h":"RootRoot","p":"","u":"uuuuuuuuuuu","t":2,"a":"","k":"","ts":1},
+            {"h":"AbCdEfGh","p":"RootRoot","u":"uuuuuuuuuuu","t":0,"a":"a\/b\u00e9\ud83c\udf89","k":"uuuuuuuuuuu:key/ShareHnd:key2","s":12,"ts":1700000000,"fa":"0:x","zz":{"nested":[1,{"q":null}]}},
+            {"h":"InShare1","p":"","u":"otheruser00","t":1,"a":"ä","k":"InShare1:kk","ts":-5,"su":"otheruser00","sk":"c2s","r":2}
+        ],"ok":[{"h":"ShareHnd","ha":"aa","k":"kk"}],"sn":"seq1","u":[{"x":1}],"s":[]}]"#;
+        let typed = |answer: &str| single_result(answer.as_bytes(), PhantomData::<FetchNodes>, "f");
+        let parsed = typed(fetch).unwrap();
+        let want: FetchNodes = via_value(fetch.as_bytes()).unwrap();
+        assert_eq!(parsed.f, want.f);
+        assert_eq!(parsed.ok, want.ok);
+        assert_eq!(parsed.sn, want.sn);
+        assert_eq!(parsed.f.len(), 3);
+        assert_eq!(parsed.f[1].a, "a/b\u{e9}\u{1f389}");
+        assert_eq!(parsed.f[2].sk.as_deref(), Some("c2s"));
+        assert_eq!(parsed.f[2].r, Some(2));
+
+        let answers = [
+            fetch,
+            "-3",
+            "[-3]",
+            "[-9]",
+            "-15",
+            "5",
+            "1.5",
+            "[1.5]",
+            "[0]",
+            "[\"x\"]",
+            "[null]",
+            "[true]",
+            "[[1,2]]",
+            "[]",
+            "[1,2]",
+            "[{\"f\":[]},-3]",
+            "{\"x\":1}",
+            "\"str\"",
+            "null",
+            "not json",
+            "[{\"f\":[]}] trailing",
+            "[{\"f\":[]}",
+            "[{\"ok\":[]}]",
+            "[{\"f\":[{\"h\":1}]}]",
+            "[{\"f\":[]}]",
+            " [ { \"f\" : [ ] , \"sn\" : \"s\" } ] ",
+        ];
+        for answer in answers {
+            // As any JSON value (what `call` returns) and as the typed answer of `f`.
+            let value = single_result(answer.as_bytes(), PhantomData::<Value>, "f");
+            same_outcome(value, via_value::<Value>(answer.as_bytes()), answer);
+            let fetched = typed(answer).map(|f| (f.f, f.ok, f.sn));
+            let want = via_value::<FetchNodes>(answer.as_bytes()).map(|f| (f.f, f.ok, f.sn));
+            same_outcome(fetched, want, answer);
+        }
+        // Congestion in place of the result is retried, as through `call`.
+        assert!(is_retryable(&typed("[-3]").unwrap_err()));
+        assert!(is_retryable(&typed("-3").unwrap_err()));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! read and change its node tree.
 
 use serde_json::{Map, Value, json};
+use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::RwLock;
 
@@ -105,9 +106,8 @@ impl MegaClient {
         options: TransferOptions,
     ) -> Result<Self> {
         let api = ApiClient::new(gateway, policy)?.with_query("n", ph);
-        let answer = api.call(json!({"a": "f", "c": 1, "ca": 1, "r": 1})).await?;
-        let fetched: FetchNodes =
-            serde_json::from_value(answer).map_err(|e| MegaError::malformed(format!("f: {e}")))?;
+        let fetched =
+            Self::fetch_nodes_with(&api, json!({"a": "f", "c": 1, "ca": 1, "r": 1})).await?;
         // The root is the node whose key entry names itself.
         let root = fetched
             .f
@@ -124,6 +124,16 @@ impl MegaClient {
         }
         client.public_root = Some(root.h);
         Ok(client)
+    }
+
+    /// Runs `f` (`command`) and parses its answer straight into typed nodes.
+    async fn fetch_nodes(&self, command: Value) -> Result<FetchNodes> {
+        Self::fetch_nodes_with(&self.api, command).await
+    }
+
+    async fn fetch_nodes_with(api: &ApiClient, command: Value) -> Result<FetchNodes> {
+        api.call_seeded(command, PhantomData::<FetchNodes>::default)
+            .await
     }
 
     /// Whether this client reads a public folder link.
@@ -155,24 +165,39 @@ impl MegaClient {
     /// Fetches and decrypts the whole tree (`f`). Returns the nodes and the sequence number to
     /// poll action packets from.
     pub async fn fetch_tree(&self) -> Result<(Vec<DecryptedNode>, Option<String>)> {
-        let answer = self.api.call(json!({"a": "f", "c": 1, "r": 1})).await?;
-        let fetched: FetchNodes =
-            serde_json::from_value(answer).map_err(|e| MegaError::malformed(format!("f: {e}")))?;
+        self.fetch_tree_map(Some).await
+    }
+
+    /// [`MegaClient::fetch_tree`], handing each node to `map` as soon as it is decrypted and
+    /// keeping what `map` returns: a big account's tree is then never held in two forms at
+    /// once. The answer is parsed straight into typed nodes (no JSON tree of it), and the key
+    /// ring is locked while `map` runs (so `map` must not call back into this client).
+    pub async fn fetch_tree_map<T>(
+        &self,
+        mut map: impl FnMut(DecryptedNode) -> Option<T>,
+    ) -> Result<(Vec<T>, Option<String>)> {
+        let FetchNodes { f, ok, sn } = self.fetch_nodes(json!({"a": "f", "c": 1, "r": 1})).await?;
         let mut keys = self.keys.write().expect("key ring lock");
-        keys.add_outgoing_shares(&fetched.ok);
-        for node in &fetched.f {
+        keys.add_outgoing_shares(&ok);
+        drop(ok);
+        // Every share key first: a node may come before the share root whose key opens it.
+        for node in &f {
             keys.learn_incoming_share(node);
         }
-        let mut nodes: Vec<DecryptedNode> =
-            fetched.f.into_iter().map(|n| keys.decrypt(n)).collect();
-        if let Some(root) = &self.public_root {
-            // The shared folder stands in for the Cloud Drive root; its parent is not ours to see.
-            for node in nodes.iter_mut().filter(|n| &n.wire.h == root) {
+        let mut out = Vec::with_capacity(f.len());
+        for node in f {
+            let mut node = keys.decrypt(node);
+            if let Some(root) = &self.public_root
+                && &node.wire.h == root
+            {
+                // The shared folder stands in for the Cloud Drive root; its parent is not ours
+                // to see.
                 node.wire.t = wire::NODE_ROOT;
                 node.wire.p = String::new();
             }
+            out.extend(map(node));
         }
-        Ok((nodes, fetched.sn))
+        Ok((out, sn))
     }
 
     /// The key of a folder this account shares (learnt from `f`'s `ok` list), e.g. to print the

@@ -182,11 +182,9 @@ impl MegaRemote {
 
 impl Remote for MegaRemote {
     async fn snapshot(&self) -> Result<(Vec<Node>, Option<String>)> {
-        let (nodes, sn) = self
-            .call(|| self.client.fetch_tree())
+        self.call(|| self.client.fetch_tree_map(to_tree_node))
             .await
-            .map_err(remote_error)?;
-        Ok((nodes.into_iter().filter_map(to_tree_node).collect(), sn))
+            .map_err(remote_error)
     }
 
     async fn poll(&self, seq: &str, lookup: Lookup<'_>) -> Result<Polled> {
