@@ -545,14 +545,11 @@ impl Tree {
             self.seq = Some(s.to_owned());
         }
         if let Some(store) = &self.store {
-            let upserts = b
-                .dirty
-                .iter()
-                .filter_map(|ino| {
-                    let e = self.entries.get(ino)?;
-                    (!e.deleted).then(|| e.record(*ino))
-                })
-                .collect();
+            // Made as the store writes them, a slice at a time.
+            let upserts = b.dirty.iter().filter_map(|ino| {
+                let e = self.entries.get(ino)?;
+                (!e.deleted).then(|| e.record(*ino))
+            });
             store.commit(Commit {
                 upserts,
                 removes: std::mem::take(&mut b.removed),

@@ -60,10 +60,10 @@ pub(crate) struct Loaded {
     pub next_ino: Option<u64>,
 }
 
-/// What one batch changes in the store.
-#[derive(Default)]
-pub(crate) struct Commit {
-    pub upserts: Vec<Record>,
+/// What one batch changes in the store. `upserts` is consumed a slice at a time, so that a
+/// full snapshot's records need not all exist at once.
+pub(crate) struct Commit<I> {
+    pub upserts: I,
     pub removes: Vec<Handle>,
     pub seq: Option<String>,
     pub next_ino: u64,
@@ -220,9 +220,13 @@ impl TreeStore {
         })
     }
 
-    pub(crate) fn commit(&self, commit: Commit) -> Result<(), TreeError> {
-        let mut upserts = commit.upserts.as_slice();
-        if upserts.len() > MAX_BATCH {
+    pub(crate) fn commit(
+        &self,
+        commit: Commit<impl IntoIterator<Item = Record>>,
+    ) -> Result<(), TreeError> {
+        let mut upserts = commit.upserts.into_iter().peekable();
+        let mut slice: Vec<Record> = upserts.by_ref().take(MAX_BATCH).collect();
+        if upserts.peek().is_some() {
             // sled holds a whole batch in memory several times over (about 6 KiB per record
             // measured at 100 000 records, far over the RSS budget), so a large commit (a full
             // snapshot) goes in slices. The sequence number is removed first and written with
@@ -230,24 +234,23 @@ impl TreeStore {
             // nothing, the next mount fetches everything again, and the records still written
             // serve only to keep inode numbers stable.
             self.db.remove(KEY_SEQ)?;
-            while upserts.len() > MAX_BATCH {
-                let (slice, rest) = upserts.split_at(MAX_BATCH);
+            while upserts.peek().is_some() {
                 let mut batch = sled::Batch::default();
-                for r in slice {
+                for r in slice.drain(..) {
                     batch.insert(
                         &node_key(r.handle)[..],
-                        self.seal(encode(r), &node_aad(r.handle)),
+                        self.seal(encode(&r), &node_aad(r.handle)),
                     );
                 }
                 self.db.apply_batch(batch)?;
-                upserts = rest;
+                slice.extend(upserts.by_ref().take(MAX_BATCH));
             }
         }
         let mut batch = sled::Batch::default();
         for h in commit.removes {
             batch.remove(&node_key(h)[..]);
         }
-        for r in upserts {
+        for r in &slice {
             let sealed = self.seal(encode(r), &node_aad(r.handle));
             batch.insert(&node_key(r.handle)[..], sealed);
         }
@@ -440,5 +443,53 @@ mod tests {
             ..r
         };
         assert_eq!(decode(bare.handle, &encode(&bare)), Some(bare));
+    }
+
+    fn numbered(i: u64) -> Record {
+        Record {
+            ino: 100 + i,
+            handle: Handle::from_u64(i),
+            name: format!("n{i}").into(),
+            ..sample()
+        }
+    }
+
+    #[test]
+    fn large_commits_are_written_whole_a_slice_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TreeStore::open(&dir.path().join("tree"), &[5; 32]).unwrap();
+        // Around the slice size: under it, exactly one or two slices, two and a bit.
+        let mut written = 0;
+        let mut removed = Vec::new();
+        for count in [3, MAX_BATCH, 2 * MAX_BATCH, 2 * MAX_BATCH + 7] {
+            let count = count as u64;
+            let seq = format!("sn-{count}");
+            // Each commit removes the last record of the previous one (the first, none).
+            if written > 0 {
+                removed.push(written - 1);
+            }
+            store
+                .commit(Commit {
+                    upserts: (written..written + count).map(numbered),
+                    removes: removed
+                        .last()
+                        .map(|&h| Handle::from_u64(h))
+                        .into_iter()
+                        .collect(),
+                    seq: Some(seq.clone()),
+                    next_ino: 1_000_000 + count,
+                })
+                .unwrap();
+            written += count;
+            let loaded = store.load().unwrap();
+            assert_eq!(loaded.seq.as_deref(), Some(seq.as_str()));
+            assert_eq!(loaded.next_ino, Some(1_000_000 + count));
+            let mut records = loaded.records;
+            records.sort_by_key(|r| r.ino);
+            let handles: Vec<u64> = records.iter().map(|r| r.handle.as_u64()).collect();
+            let want: Vec<u64> = (0..written).filter(|i| !removed.contains(i)).collect();
+            assert_eq!(handles, want, "after a commit of {count}");
+            assert_eq!(records.last(), Some(&numbered(written - 1)));
+        }
     }
 }
