@@ -66,8 +66,10 @@ pub fn components(path: &str) -> Vec<String> {
 
 impl Drive {
     pub async fn load(client: MegaClient) -> anyhow::Result<Self> {
-        let (nodes, _) = client.fetch_tree().await.context("fetching the tree")?;
-        let list: Vec<Node> = nodes.into_iter().filter_map(to_tree_node).collect();
+        let (list, _) = client
+            .fetch_tree_map(to_tree_node)
+            .await
+            .context("fetching the tree")?;
         let root = list
             .iter()
             .find(|n| n.kind == NodeKind::Root)
