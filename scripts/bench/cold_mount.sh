@@ -7,12 +7,14 @@
 #
 # Optional:
 #   BENCH_ROUNDS=N     mount cold N times (a fresh cache dir each time; default 1)
+#   BENCH_REMOUNT=0    skip the remount after each first mount (local metadata, for comparison)
 #   BENCH_WORK=DIR     keep the server's data in DIR and reuse it on the next run (the account
 #                      is populated once); default: a temporary directory, removed at the end
 #   VEILFS_BIN=PATH    the veilfs binary to measure (default: the release build of this tree,
 #                      built first)
 #
-# Runs as root (FUSE mounts). Prints one line per round: nodes, mount time, peak RSS.
+# Runs as root (FUSE mounts). Prints one line per round: nodes, first mount's time and peak
+# RSS, then the same for a remount from the local metadata the first mount stored.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -86,10 +88,10 @@ fi
 NODES="$(cat "$NODES_FILE")"
 
 now() { date +%s.%N; }
-mkdir -p "$MNT"
-for round in $(seq "$ROUNDS"); do
-    rm -rf "$WORK/cache" "$WORK/home"
-    mkdir -p "$WORK/cache"
+# Mounts, waits until live, checks that every node is listed, unmounts. Sets SECS (until
+# live) and KB (the daemon's VmHWM).
+measure() {
+    local t seen
     t="$(now)"
     "$BIN" mount "$MNT" --server "$URL" --email "$EMAIL" --cache-dir "$WORK/cache" \
         --foreground 2>"$WORK/mount.log" &
@@ -99,16 +101,29 @@ for round in $(seq "$ROUNDS"); do
         kill -0 "$MOUNT_PID" 2>/dev/null || { cat "$WORK/mount.log" >&2; exit 1; }
         sleep 0.02
     done
-    secs="$(awk -v a="$t" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')"
+    SECS="$(awk -v a="$t" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')"
     # Every node but the root ("all" is one of them) is listed.
     seen="$(ls -lR "$MNT/all" | grep -c '^[-d]')"
     [ "$seen" -eq $((NODES - 1)) ] || {
         echo "the mount shows $seen of $((NODES - 1)) nodes" >&2
         exit 1
     }
-    kb="$(awk '/^VmHWM/ { print $2 }' "/proc/$MOUNT_PID/status")"
+    KB="$(awk '/^VmHWM/ { print $2 }' "/proc/$MOUNT_PID/status")"
     "$BIN" unmount "$MNT" >&2
     wait "$MOUNT_PID" || true
     MOUNT_PID=""
-    echo "round $round: $NODES nodes, first mount live in $secs s, peak RSS $((kb / 1024)) MB ($kb kB)"
+}
+mb() { echo "$(($1 / 1024)) MB ($1 kB)"; }
+
+mkdir -p "$MNT"
+for round in $(seq "$ROUNDS"); do
+    rm -rf "$WORK/cache" "$WORK/home"
+    mkdir -p "$WORK/cache"
+    measure
+    line="round $round: $NODES nodes, first mount live in $SECS s, peak RSS $(mb "$KB")"
+    if [ "${BENCH_REMOUNT:-1}" = 1 ]; then
+        measure
+        line="$line; remount live in $SECS s, peak RSS $(mb "$KB")"
+    fi
+    echo "$line"
 done
