@@ -16,6 +16,7 @@
 # Runs as root (FUSE mounts). Prints one line per round: nodes, first mount's time and peak
 # RSS, then the same for a remount from the local metadata the first mount stored.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/../.."
 
 SCALE="${BENCH_SCALE:-1}"
@@ -66,15 +67,7 @@ EMAIL="cold-$TOP@example.org"
 export VEILFS_PASSWORD="bench $(cat "$WORK/password")"
 
 # The server's port changes from run to run; its data (and so the account) stays in $WORK.
-"$BIN" serve --data "$WORK/server" --listen 127.0.0.1:0 --quota 1T >"$WORK/serve.log" 2>&1 &
-SERVER_PID=$!
-URL=""
-for _ in $(seq 100); do
-    URL="$(sed -n 's/^veilfs serve: listening on //p' "$WORK/serve.log")"
-    [ -n "$URL" ] && break
-    sleep 0.1
-done
-[ -n "$URL" ] || { cat "$WORK/serve.log" >&2; exit 1; }
+start_server "$BIN" "$WORK/server" "$WORK/serve.log"
 
 NODES_FILE="$WORK/nodes-$TOP"
 if [ ! -s "$NODES_FILE" ]; then

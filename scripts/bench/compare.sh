@@ -22,6 +22,7 @@
 # of its default 5 s so that it is not charged for waiting. Cold reads start from an empty
 # local cache (veilfs, rclone) and a dropped page cache (all three).
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/../.."
 
 SCALE="${BENCH_SCALE:-1}"
@@ -91,15 +92,7 @@ PASSWORD="bench $(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')"
 EMAIL=bench@example.org
 export VEILFS_PASSWORD="$PASSWORD"
 
-"$BIN" serve --data "$WORK/veilfs-server" --listen 127.0.0.1:0 --quota 1T >"$WORK/serve.log" 2>&1 &
-SERVER_PID=$!
-URL=""
-for _ in $(seq 100); do
-    URL="$(sed -n 's/^veilfs serve: listening on //p' "$WORK/serve.log")"
-    [ -n "$URL" ] && break
-    sleep 0.1
-done
-[ -n "$URL" ] || { cat "$WORK/serve.log" >&2; exit 1; }
+start_server "$BIN" "$WORK/veilfs-server" "$WORK/serve.log"
 "$BIN" signup --server "$URL" --email "$EMAIL" >&2
 
 veilfs_pid() { cat "$XDG_STATE_HOME"/veilfs/mounts/*.pid 2>/dev/null | head -1; }

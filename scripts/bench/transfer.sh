@@ -12,6 +12,7 @@
 # on a mismatch), and is compared with the original after the clock stops. The table shows the
 # median of the runs; MB/s is 10^6 bytes per second.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/../.."
 
 RUNS="${BENCH_RUNS:-3}"
@@ -44,16 +45,7 @@ for mib in $SIZES_MIB; do
     files+=("$WORK/random-${mib}MiB")
 done
 
-"$BIN" serve --data "$WORK/data" --listen 127.0.0.1:0 --quota 1T >"$WORK/serve.log" 2>&1 &
-SERVER_PID=$!
-URL=""
-for _ in $(seq 100); do
-    URL="$(sed -n 's/^veilfs serve: listening on //p' "$WORK/serve.log")"
-    [ -n "$URL" ] && break
-    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/serve.log" >&2; exit 1; }
-    sleep 0.1
-done
-[ -n "$URL" ] || { log "the server did not start"; cat "$WORK/serve.log" >&2; exit 1; }
+start_server "$BIN" "$WORK/data" "$WORK/serve.log"
 log "server at $URL"
 
 export VEILFS_BENCH_SERVER="$URL" VEILFS_BENCH_EMAIL="$EMAIL"
