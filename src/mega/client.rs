@@ -296,11 +296,13 @@ impl MegaClient {
                         key: item.key.clone(),
                         meta_mac: item.uploaded.meta_mac,
                     };
-                    let node = json!({
-                        "h": item.uploaded.token, "t": wire::NODE_FILE,
-                        "a": mc::encrypt_attributes(key.attribute_key(), item.attributes),
-                        "k": keys.wrap_key(&key),
-                    });
+                    let node = new_node_element(
+                        &keys,
+                        &item.uploaded.token,
+                        wire::NODE_FILE,
+                        &key,
+                        item.attributes,
+                    );
                     self.tagged(json!({"a": "p", "t": item.parent, "n": [node]}))
                 })
                 .collect()
@@ -309,15 +311,7 @@ impl MegaClient {
         let mut results = Vec::with_capacity(items.len());
         let mut replaced = Vec::new();
         for (item, answer) in items.iter().zip(answers) {
-            let node = answer.and_then(|a| {
-                let node = a
-                    .get("f")
-                    .and_then(|f| f.get(0))
-                    .cloned()
-                    .ok_or_else(|| MegaError::malformed("p answer without the new node"))?;
-                serde_json::from_value::<WireNode>(node)
-                    .map_err(|e| MegaError::malformed(format!("p: {e}")))
-            });
+            let node = answer.and_then(|a| created_node(&a));
             if node.is_ok()
                 && let Some(old) = item.replaces
             {
@@ -369,11 +363,7 @@ impl MegaClient {
                             },
                         ),
                     };
-                    let mut e = json!({
-                        "h": h, "t": t,
-                        "a": mc::encrypt_attributes(key.attribute_key(), &n.attributes),
-                        "k": keys.wrap_key(&key),
-                    });
+                    let mut e = new_node_element(&keys, &h, t, &key, &n.attributes);
                     if let Some(parent) = n.parent {
                         e["p"] = json!(format!("x{parent:07}"));
                     }
@@ -410,26 +400,15 @@ impl MegaClient {
         key: &NodeKey,
         attributes: &Map<String, Value>,
     ) -> Result<DecryptedNode> {
-        let (a, k) = {
+        let element = {
             let keys = self.keys.read().expect("key ring lock");
-            (
-                mc::encrypt_attributes(key.attribute_key(), attributes),
-                keys.wrap_key(key),
-            )
+            new_node_element(&keys, h, t, key, attributes)
         };
-        let answer =
-            self.api
-                .call(self.tagged(
-                    json!({"a": "p", "t": parent, "n": [{"h": h, "t": t, "a": a, "k": k}]}),
-                ))
-                .await?;
-        let node = answer
-            .get("f")
-            .and_then(|f| f.get(0))
-            .cloned()
-            .ok_or_else(|| MegaError::malformed("p answer without the new node"))?;
-        let node: WireNode =
-            serde_json::from_value(node).map_err(|e| MegaError::malformed(format!("p: {e}")))?;
+        let answer = self
+            .api
+            .call(self.tagged(json!({"a": "p", "t": parent, "n": [element]})))
+            .await?;
+        let node = created_node(&answer)?;
         Ok(self.decrypt(node))
     }
 
@@ -539,4 +518,30 @@ impl MegaClient {
             .map_err(super::api::network_error)?;
         Ok(())
     }
+}
+
+/// One element of `p`'s `n`: `h` (a placeholder, or an upload's completion token), the type,
+/// the attributes encrypted under the node key and the node key wrapped under the master key.
+fn new_node_element(
+    keys: &KeyRing,
+    h: &str,
+    t: i64,
+    key: &NodeKey,
+    attributes: &Map<String, Value>,
+) -> Value {
+    json!({
+        "h": h, "t": t,
+        "a": mc::encrypt_attributes(key.attribute_key(), attributes),
+        "k": keys.wrap_key(key),
+    })
+}
+
+/// The node a `p` of one element created.
+fn created_node(answer: &Value) -> Result<WireNode> {
+    let node = answer
+        .get("f")
+        .and_then(|f| f.get(0))
+        .cloned()
+        .ok_or_else(|| MegaError::malformed("p answer without the new node"))?;
+    serde_json::from_value(node).map_err(|e| MegaError::malformed(format!("p: {e}")))
 }

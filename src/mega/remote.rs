@@ -275,18 +275,18 @@ impl Remote for MegaRemote {
                 Ok((parent, attrs, old))
             })
             .collect();
-        let ready: Vec<usize> = (0..batch.len()).filter(|&i| prepared[i].is_ok()).collect();
-        let items: Vec<UploadCommit<'_>> = ready
+        let items: Vec<UploadCommit<'_>> = batch
             .iter()
-            .map(|&i| {
-                let (parent, attrs, old) = prepared[i].as_ref().expect("filtered");
-                UploadCommit {
+            .zip(&prepared)
+            .filter_map(|(c, prepared)| {
+                let (parent, attrs, old) = prepared.as_ref().ok()?;
+                Some(UploadCommit {
                     parent,
-                    key: &batch[i].upload.key,
-                    uploaded: &batch[i].upload.data,
+                    key: &c.upload.key,
+                    uploaded: &c.upload.data,
                     attributes: attrs,
                     replaces: old.as_deref(),
-                }
+                })
             })
             .collect();
         let answers = match self.call(|| self.client.commit_uploads(&items)).await {
@@ -306,7 +306,6 @@ impl Remote for MegaRemote {
                     .collect();
             }
         };
-        drop(items);
         // `answers` holds one result per prepared upload, in batch order.
         let mut answers = answers.into_iter();
         let mut results = Vec::with_capacity(batch.len());

@@ -17,7 +17,7 @@ use std::collections::HashSet;
 
 use super::{Result, SetAttr, Vfs};
 use crate::remote::{Meta, Remote};
-use crate::tree::{self, Change, Node};
+use crate::tree::{self, Change, Handle, Node, NodeKind};
 
 impl<R: Remote> Vfs<R> {
     /// Renames or moves a local file that no upload is committing, when nothing is in the way
@@ -149,6 +149,31 @@ impl<R: Remote> Vfs<R> {
             self.apply(gone)?;
         }
         Ok(())
+    }
+}
+
+/// The tree node of a file created here (or restored from its journal entry): no key and no
+/// service attributes until its first upload gives it both.
+pub(super) fn local_file_node(
+    handle: Handle,
+    parent: Option<Handle>,
+    name: &str,
+    mode: Option<u32>,
+    mtime_ns: i64,
+    size: u64,
+) -> Node {
+    Node {
+        handle,
+        parent,
+        kind: NodeKind::File,
+        name: name.to_owned(),
+        size,
+        mtime_ns,
+        created: mtime_ns.div_euclid(1_000_000_000),
+        mode,
+        symlink: None,
+        key: Vec::new(),
+        attrs: Default::default(),
     }
 }
 

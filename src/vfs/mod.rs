@@ -499,19 +499,14 @@ impl<R: Remote> Vfs<R> {
         self.writable()?;
         let (p, meta) = self.new_entry(parent, name, Some(mode), None)?;
         let (id, file) = self.making_room(0, || self.wb.create())?;
-        let node = Node {
-            handle: Handle::new_local(),
-            parent: Some(p.handle),
-            kind: NodeKind::File,
-            name: meta.name,
-            size: 0,
-            mtime_ns: meta.mtime_ns,
-            created: meta.mtime_ns.div_euclid(1_000_000_000),
-            mode: meta.mode,
-            symlink: None,
-            key: Vec::new(),
-            attrs: Default::default(),
-        };
+        let node = local::local_file_node(
+            Handle::new_local(),
+            Some(p.handle),
+            &meta.name,
+            meta.mode,
+            meta.mtime_ns,
+            0,
+        );
         let (handle, mtime_ns) = (node.handle, node.mtime_ns);
         if let Err(e) = self.apply(vec![Change::Upsert(node)]) {
             self.wb.discard(id);

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
+use super::local::local_file_node;
 use super::{LocalFile, Result, Vfs, VfsError};
 use crate::remote::{Commit, Meta, Remote, RemoteError};
-use crate::tree::{Change, Handle, Node, NodeKind, ROOT_INO};
+use crate::tree::{Change, Handle, Node, ROOT_INO};
 use crate::writeback::Entry;
 
 /// Longest wait between two tries of a failing upload.
@@ -162,19 +163,14 @@ impl<R: Remote> Vfs<R> {
                 tree.handle_of(ROOT_INO)
             }
         };
-        let node = Node {
-            handle: Handle::from_u64(entry.target),
+        let node = local_file_node(
+            Handle::from_u64(entry.target),
             parent,
-            kind: NodeKind::File,
-            name: entry.name.clone(),
-            size: entry.size,
-            mtime_ns: entry.mtime_ns,
-            created: entry.mtime_ns.div_euclid(1_000_000_000),
-            mode: entry.mode,
-            symlink: None,
-            key: Vec::new(),
-            attrs: Default::default(),
-        };
+            &entry.name,
+            entry.mode,
+            entry.mtime_ns,
+            entry.size,
+        );
         self.apply(vec![Change::Upsert(node)])?;
         Ok(self.tree.read().ino_of(Handle::from_u64(entry.target)))
     }
@@ -252,14 +248,10 @@ impl<R: Remote> Vfs<R> {
             .await?;
         let (done, outcome) = oneshot::channel();
         let ready = Ready { id, upload, done };
-        if self.uploads.ready_tx.send(ready).is_err() {
-            return Err(VfsError::Remote(RemoteError::Other(
-                "the upload committer stopped".into(),
-            )));
-        }
-        outcome.await.map_err(|_| {
-            VfsError::Remote(RemoteError::Other("the upload committer stopped".into()))
-        })?
+        let stopped =
+            || VfsError::Remote(RemoteError::Other("the upload committer stopped".into()));
+        self.uploads.ready_tx.send(ready).map_err(|_| stopped())?;
+        outcome.await.map_err(|_| stopped())?
     }
 
     /// Commits uploads as their content arrives. Whatever finished while the previous batch was
