@@ -31,7 +31,7 @@ use crate::crypto::filen::{
     self as fc, CHUNK_SIZE, DataVersion, FileKey, MetadataVersion, random_string,
 };
 use crate::remote::{Fetched, Lookup, Meta, Polled, Quota, Remote, RemoteError, Result};
-use crate::tree::{Handle, LOCAL_TAG, Node, NodeKind};
+use crate::tree::{Handle, Node, NodeKind};
 
 pub const POLL_INTERVAL: Duration = Duration::from_secs(15);
 const SEQ: &str = "filen";
@@ -66,12 +66,12 @@ pub struct FilenRemote {
 
 pub fn handle_of(uuid: &str) -> Handle {
     let d = Sha256::digest(uuid.as_bytes());
-    let mut h = u64::from_be_bytes(d[..8].try_into().expect("8 bytes"));
-    if h & LOCAL_TAG == LOCAL_TAG {
+    let h = Handle::from_u64(u64::from_be_bytes(d[..8].try_into().expect("8 bytes")));
+    if h.is_local() {
         // That range names files created locally and not uploaded yet (1 hash in 65 536).
-        h &= !(1 << 63);
+        return Handle::from_u64(h.as_u64() & !(1 << 63));
     }
-    Handle::from_u64(h)
+    h
 }
 
 fn uuid_of(node: &Node) -> Result<&str> {
@@ -738,5 +738,27 @@ impl Remote for FilenRemote {
     fn verify(&self, _node: &Node, _tags: &BTreeMap<u64, [u8; 16]>) -> Result<()> {
         // Every chunk was authenticated when fetched.
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashed_handles_stay_out_of_the_local_range() {
+        let raw =
+            |s: &str| u64::from_be_bytes(Sha256::digest(s.as_bytes())[..8].try_into().unwrap());
+        // About one name in 65 536 hashes into the range local handles use.
+        let colliding = (0u32..)
+            .map(|i| format!("uuid-{i}"))
+            .find(|s| Handle::from_u64(raw(s)).is_local())
+            .unwrap();
+        let h = handle_of(&colliding);
+        assert!(!h.is_local());
+        assert_eq!(h.as_u64(), raw(&colliding) & !(1 << 63));
+        // Every other name keeps its plain hash.
+        assert_eq!(handle_of("uuid-other").as_u64(), raw("uuid-other"));
+        assert!(!Handle::from_u64(raw("uuid-other")).is_local());
     }
 }

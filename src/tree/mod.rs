@@ -130,7 +130,7 @@ impl Handle {
 }
 
 /// The top 16 bits every local handle has set.
-pub const LOCAL_TAG: u64 = 0xFFFF << 48;
+const LOCAL_TAG: u64 = 0xFFFF << 48;
 
 impl fmt::Debug for Handle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
