@@ -67,6 +67,14 @@ pub struct Commit<U> {
     pub replaces: Option<Node>,
 }
 
+/// Part of a tree listing read as it arrives (see [`Remote::snapshot_streamed`]).
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub nodes: Vec<Node>,
+    /// Folders whose children are all in this part or an earlier one.
+    pub complete: Vec<Handle>,
+}
+
 /// A batch of remote changes and the sequence number it brings the tree to.
 #[derive(Debug, Default)]
 pub struct Polled {
@@ -121,6 +129,25 @@ pub trait Remote: Send + Sync + 'static {
     /// then answers an empty batch. Changes this client made itself are left out: the
     /// filesystem applied them when it made them.
     fn poll(&self, seq: &str, lookup: Lookup<'_>) -> impl Future<Output = Result<Polled>> + Send;
+
+    /// [`Remote::snapshot`] handed to `sink` in parts as it arrives, each naming the folders
+    /// whose children are then all known, so a folder can be shown before the whole tree is
+    /// in. When this returns `Ok` (with the sequence number), every folder is complete. After
+    /// an error, what was handed over may be partial and stale: only a full snapshot
+    /// corrects it. By default the whole snapshot comes as one part at the end.
+    fn snapshot_streamed(
+        &self,
+        sink: &mut (dyn FnMut(Listing) + Send),
+    ) -> impl Future<Output = Result<Option<String>>> + Send {
+        async move {
+            let (nodes, seq) = self.snapshot().await?;
+            sink(Listing {
+                nodes,
+                complete: Vec::new(),
+            });
+            Ok(seq)
+        }
+    }
 
     fn mkdir(&self, parent: &Node, meta: &Meta) -> impl Future<Output = Result<Node>> + Send;
 

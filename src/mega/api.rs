@@ -4,9 +4,12 @@
 //! policy for congestion and dropped connections, and the hashcash proof-of-work that MEGA demands
 //! at login. Commands themselves live in the modules that use them.
 
+use bytes::{Buf, Bytes};
 use serde::de::{self, DeserializeSeed, IgnoredAny, IntoDeserializer, Visitor};
 use serde_json::Value;
 use std::fmt;
+use std::future::Future;
+use std::io::{self, BufReader, Read};
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -99,21 +102,38 @@ impl ApiClient {
     /// per answer received), so it is made afresh for every attempt.
     pub async fn call_seeded<T, S, F>(&self, command: Value, mut seed: F) -> Result<T>
     where
-        F: FnMut() -> S,
+        F: FnMut() -> S + Send,
         S: for<'de> DeserializeSeed<'de, Value = T>,
+        T: Send,
     {
-        let what = command.get("a").and_then(Value::as_str).unwrap_or("answer");
-        let what = what.to_string();
+        let what = command_name(&command);
         let body = serde_json::to_vec(&[command]).expect("JSON values serialize");
-        self.request(body, |answer| single_result(answer, seed(), &what))
-            .await
+        let parse = |answer: &[u8]| single_result(answer, seed(), &what);
+        self.request(body, &mut Whole(parse)).await
+    }
+
+    /// [`ApiClient::call_seeded`] reading the answer as it arrives: `seed` runs on a blocking
+    /// thread over the body's chunks as the network delivers them, so what it does with the
+    /// start of a large answer overlaps the transfer of the rest. Answers that fail before
+    /// their content (HTTP errors, error codes, proof-of-work) are retried as usual; a
+    /// connection lost partway is [`MegaError::Cut`], not retried, since `seed` has already
+    /// seen part of an answer.
+    pub async fn call_streamed<T, S, F>(&self, command: Value, seed: F) -> Result<T>
+    where
+        F: FnMut() -> S + Send,
+        S: for<'de> DeserializeSeed<'de, Value = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let what = command_name(&command);
+        let body = serde_json::to_vec(&[command]).expect("JSON values serialize");
+        self.request(body, &mut Streamed { seed, what }).await
     }
 
     /// Runs several commands in one request. The outer error is the request's; each command has
     /// its own result.
     pub async fn batch(&self, commands: Vec<Value>) -> Result<Vec<Result<Value>>> {
         let body = serde_json::to_vec(&commands).expect("JSON values serialize");
-        self.request(body, |answer| {
+        let parse = |answer: &[u8]| {
             let value: Value = serde_json::from_slice(answer)
                 .map_err(|_| MegaError::malformed("API answer is not JSON"))?;
             let mut results = split_results(value, commands.len())?;
@@ -124,17 +144,13 @@ impl ApiClient {
                 return Err(results.pop().expect("one result").unwrap_err());
             }
             Ok(results)
-        })
-        .await
+        };
+        self.request(body, &mut Whole(parse)).await
     }
 
-    /// Sends `body` until `parse` accepts an answer, solving proof-of-work challenges and
-    /// retrying what [`is_retryable`] allows (including errors `parse` returns).
-    async fn request<T>(
-        &self,
-        body: Vec<u8>,
-        mut parse: impl FnMut(&[u8]) -> Result<T>,
-    ) -> Result<T> {
+    /// Sends `body` until `reader` accepts an answer, solving proof-of-work challenges and
+    /// retrying what [`is_retryable`] allows (including errors `reader` returns).
+    async fn request<T>(&self, body: Vec<u8>, reader: &mut impl ReadAnswer<T>) -> Result<T> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut attempt = 0;
         let mut hashcash_rounds = 0;
@@ -142,7 +158,7 @@ impl ApiClient {
         loop {
             let outcome = self.send(id, &body, hashcash.as_deref()).await;
             let error = match outcome {
-                Ok(Reply::Answer(answer)) => match parse(&answer) {
+                Ok(Reply::Answer(answer)) => match reader.read(answer).await {
                     Ok(parsed) => return Ok(parsed),
                     Err(e) => e,
                 },
@@ -205,15 +221,100 @@ impl ApiClient {
         if status != 200 {
             return Err(MegaError::Http(status));
         }
-        let bytes = response.bytes().await.map_err(network_error)?;
-        Ok(Reply::Answer(bytes))
+        Ok(Reply::Answer(response))
     }
 }
 
 enum Reply {
-    /// The answer's body, not yet parsed.
-    Answer(bytes::Bytes),
+    /// The answer, its body not yet read.
+    Answer(reqwest::Response),
     Hashcash(Challenge),
+}
+
+fn command_name(command: &Value) -> String {
+    let name = command.get("a").and_then(Value::as_str);
+    name.unwrap_or("answer").to_string()
+}
+
+/// How an answer's body is read and parsed.
+trait ReadAnswer<T> {
+    fn read(&mut self, response: reqwest::Response) -> impl Future<Output = Result<T>> + Send;
+}
+
+/// The whole body first, then the parser over its bytes.
+struct Whole<F>(F);
+
+impl<T, F: FnMut(&[u8]) -> Result<T> + Send> ReadAnswer<T> for Whole<F> {
+    async fn read(&mut self, response: reqwest::Response) -> Result<T> {
+        let bytes = response.bytes().await.map_err(network_error)?;
+        (self.0)(&bytes)
+    }
+}
+
+/// A seed parsing the body on a blocking thread as its chunks arrive (see
+/// [`ApiClient::call_streamed`]).
+struct Streamed<F> {
+    seed: F,
+    what: String,
+}
+
+impl<T, S, F> ReadAnswer<T> for Streamed<F>
+where
+    F: FnMut() -> S + Send,
+    S: for<'de> DeserializeSeed<'de, Value = T> + Send + 'static,
+    T: Send + 'static,
+{
+    async fn read(&mut self, mut response: reqwest::Response) -> Result<T> {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let seed = (self.seed)();
+        let what = self.what.clone();
+        let parser = tokio::task::spawn_blocking(move || {
+            let body = ChunkReader {
+                chunks: rx,
+                current: Bytes::new(),
+            };
+            let reader = BufReader::with_capacity(64 * 1024, body);
+            parse_single(serde_json::Deserializer::from_reader(reader), seed, &what)
+        });
+        // Feed the parser until the body ends or the parser stops reading (it failed).
+        loop {
+            let chunk = response.chunk().await;
+            let end = !matches!(chunk, Ok(Some(_)));
+            let sent = match chunk {
+                Ok(Some(bytes)) => tx.send(Ok(bytes)).await,
+                Ok(None) => Ok(()),
+                Err(e) => tx.send(Err(io::Error::other(e.to_string()))).await,
+            };
+            if end || sent.is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        parser
+            .await
+            .map_err(|e| MegaError::Network(format!("answer parser: {e}")))?
+    }
+}
+
+/// An answer's body as [`Read`], fed chunk by chunk as the network delivers it.
+struct ChunkReader {
+    chunks: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.chunks.blocking_recv() {
+                Some(chunk) => self.current = chunk?,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current.advance(n);
+        Ok(n)
+    }
 }
 
 pub(crate) fn network_error(e: reqwest::Error) -> MegaError {
@@ -262,11 +363,25 @@ fn single_result<'de, S: DeserializeSeed<'de>>(
     seed: S,
     what: &str,
 ) -> Result<S::Value> {
-    let mut de = serde_json::Deserializer::from_slice(answer);
+    parse_single(serde_json::Deserializer::from_slice(answer), seed, what)
+}
+
+/// [`single_result`] over any JSON source; a failure to read the source (a connection lost
+/// under a streamed answer) is [`MegaError::Cut`].
+fn parse_single<'de, R, S>(
+    mut de: serde_json::Deserializer<R>,
+    seed: S,
+    what: &str,
+) -> Result<S::Value>
+where
+    R: serde_json::de::Read<'de>,
+    S: DeserializeSeed<'de>,
+{
     let parsed = de::Deserializer::deserialize_any(&mut de, AnswerVisitor(seed))
         .and_then(|parsed| de.end().map(|()| parsed));
     let parsed = parsed.map_err(|e| match e.classify() {
         serde_json::error::Category::Data => MegaError::malformed(format!("{what}: {e}")),
+        serde_json::error::Category::Io => MegaError::Cut(e.to_string()),
         _ => MegaError::malformed("API answer is not JSON"),
     })?;
     match parsed {

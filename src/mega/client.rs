@@ -8,6 +8,7 @@ use std::sync::RwLock;
 
 use super::api::ApiClient;
 use super::error::{MegaError, Result};
+use super::fetch::{FetchEvent, Groups, StreamedFetch};
 use super::nodes::{DecryptedNode, KeyRing, NodeKey};
 use super::session::{Credentials, Session};
 use super::transfer::{self, DownloadInfo, TransferOptions};
@@ -61,6 +62,34 @@ pub struct MegaClient {
     /// For a public folder link: the folder's root handle. Its `f` shows the folder as the
     /// tree's root, and there is no change feed to follow.
     public_root: Option<String>,
+}
+
+/// Nodes of a streamed `f` opened and handed on at once, at most.
+const BATCH: usize = 512;
+/// A pause in the answer after which what came is handed on without waiting for a batch.
+const STALL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Where a streamed `f` stands.
+#[derive(Default)]
+struct StreamedTree {
+    /// The server promised grouped order: nodes are opened and handed on as they come.
+    grouped: bool,
+    groups: Groups,
+    /// Nodes read and not handed on yet; without the promise, all of them until the end.
+    pending: Vec<WireNode>,
+}
+
+impl StreamedTree {
+    fn take(&mut self, event: FetchEvent, client: &MegaClient) {
+        match event {
+            FetchEvent::Grouped => self.grouped = true,
+            FetchEvent::ShareKeys(ok) => {
+                let mut keys = client.keys.write().expect("key ring lock");
+                keys.add_outgoing_shares(&ok);
+            }
+            FetchEvent::Node(node) => self.pending.push(*node),
+        }
+    }
 }
 
 impl MegaClient {
@@ -180,24 +209,120 @@ impl MegaClient {
         let mut keys = self.keys.write().expect("key ring lock");
         keys.add_outgoing_shares(&ok);
         drop(ok);
+        let out = self.open_all(&mut keys, f, &mut map);
+        Ok((out, sn))
+    }
+
+    /// The whole tree like [`MegaClient::fetch_tree_map`], read as it arrives and handed to
+    /// `deliver` in parts: mapped nodes, and the handles of the folders whose children have
+    /// all been delivered by then. That needs the order `veilfs serve` promises
+    /// (`mega::fetch`); without it (MEGA itself) everything is delivered at the end and no
+    /// folder is named — when this returns `Ok`, every folder is complete. Returns `sn`.
+    ///
+    /// A failure after parts were delivered ([`MegaError::Cut`], a malformed answer) leaves
+    /// them delivered: the caller discards or replaces them.
+    pub async fn fetch_tree_streamed<T>(
+        &self,
+        mut map: impl FnMut(DecryptedNode) -> Option<T> + Send,
+        mut deliver: impl FnMut(Vec<T>, Vec<String>) + Send,
+    ) -> Result<Option<String>> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        let command = json!({"a": "f", "c": 1, "r": 1});
+        let fetch = self
+            .api
+            .call_streamed(command, move || StreamedFetch { events: tx.clone() });
+        tokio::pin!(fetch);
+        let mut reading = StreamedTree::default();
+        let sn = loop {
+            tokio::select! {
+                biased;
+                Some(event) = rx.recv() => {
+                    reading.take(event, self);
+                    // Whatever else is there already, up to a batch.
+                    while (reading.pending.len() < BATCH || !reading.grouped)
+                        && let Ok(event) = rx.try_recv()
+                    {
+                        reading.take(event, self);
+                    }
+                    if reading.pending.len() >= BATCH {
+                        self.deliver(&mut reading, &mut map, &mut deliver);
+                    }
+                }
+                // Nothing new for a moment (a slow link): show what came.
+                () = tokio::time::sleep(STALL), if reading.grouped && !reading.pending.is_empty() => {
+                    self.deliver(&mut reading, &mut map, &mut deliver);
+                }
+                sn = &mut fetch => break sn?,
+            }
+        };
+        // Everything the parser sent came before it returned.
+        while let Ok(event) = rx.try_recv() {
+            reading.take(event, self);
+        }
+        if reading.grouped {
+            self.deliver(&mut reading, &mut map, &mut deliver);
+        } else {
+            let mut keys = self.keys.write().expect("key ring lock");
+            let out = self.open_all(&mut keys, std::mem::take(&mut reading.pending), &mut map);
+            drop(keys);
+            deliver(out, Vec::new());
+        }
+        Ok(sn)
+    }
+
+    /// Opens and hands on the nodes of a grouped `f` read so far.
+    fn deliver<T>(
+        &self,
+        reading: &mut StreamedTree,
+        map: &mut impl FnMut(DecryptedNode) -> Option<T>,
+        deliver: &mut impl FnMut(Vec<T>, Vec<String>),
+    ) {
+        if !reading.grouped {
+            return;
+        }
+        let mut complete = Vec::new();
+        let mut out = Vec::with_capacity(reading.pending.len());
+        let mut keys = self.keys.write().expect("key ring lock");
+        for node in reading.pending.drain(..) {
+            reading.groups.next(&node, &mut complete);
+            // Parents come first, so a share's root (and its key) precedes its nodes.
+            keys.learn_incoming_share(&node);
+            out.extend(map(self.open(&keys, node)));
+        }
+        drop(keys);
+        deliver(out, complete);
+    }
+
+    /// Decrypts a whole listing in any order.
+    fn open_all<T>(
+        &self,
+        keys: &mut KeyRing,
+        nodes: Vec<WireNode>,
+        map: &mut impl FnMut(DecryptedNode) -> Option<T>,
+    ) -> Vec<T> {
         // Every share key first: a node may come before the share root whose key opens it.
-        for node in &f {
+        for node in &nodes {
             keys.learn_incoming_share(node);
         }
-        let mut out = Vec::with_capacity(f.len());
-        for node in f {
-            let mut node = keys.decrypt(node);
-            if let Some(root) = &self.public_root
-                && &node.wire.h == root
-            {
-                // The shared folder stands in for the Cloud Drive root; its parent is not ours
-                // to see.
-                node.wire.t = wire::NODE_ROOT;
-                node.wire.p = String::new();
-            }
-            out.extend(map(node));
+        let mut out = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            out.extend(map(self.open(keys, node)));
         }
-        Ok((out, sn))
+        out
+    }
+
+    /// Decrypts a node of `f`.
+    fn open(&self, keys: &KeyRing, node: WireNode) -> DecryptedNode {
+        let mut node = keys.decrypt(node);
+        if let Some(root) = &self.public_root
+            && &node.wire.h == root
+        {
+            // The shared folder stands in for the Cloud Drive root; its parent is not ours
+            // to see.
+            node.wire.t = wire::NODE_ROOT;
+            node.wire.p = String::new();
+        }
+        node
     }
 
     /// The key of a folder this account shares (learnt from `f`'s `ok` list), e.g. to print the

@@ -137,6 +137,10 @@ pub enum MegaError {
     Http(u16),
     #[error("network: {0}")]
     Network(String),
+    /// The connection broke while an answer read as it arrives was partly handed on: not
+    /// retried here, since only the reader's owner can undo what it was given.
+    #[error("answer cut off: {0}")]
+    Cut(String),
     /// The server's answer does not have the shape the protocol gives it.
     #[error("malformed server reply: {0}")]
     Malformed(String),

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod client;
 pub mod error;
+pub mod fetch;
 pub mod fingerprint;
 pub mod hashcash;
 pub mod nodes;

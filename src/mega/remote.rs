@@ -29,7 +29,9 @@ use super::session::{Credentials, Session};
 use super::wire::{self, WireNode};
 use crate::cache::ContentId;
 use crate::crypto::mega as mc;
-use crate::remote::{Commit, Fetched, Lookup, Meta, Polled, Quota, Remote, RemoteError, Result};
+use crate::remote::{
+    Commit, Fetched, Listing, Lookup, Meta, Polled, Quota, Remote, RemoteError, Result,
+};
 use crate::tree::{Change, Handle, Node, NodeKind};
 
 const ATTR_MODE: &str = "vm";
@@ -183,6 +185,24 @@ impl MegaRemote {
 impl Remote for MegaRemote {
     async fn snapshot(&self) -> Result<(Vec<Node>, Option<String>)> {
         self.call(|| self.client.fetch_tree_map(to_tree_node))
+            .await
+            .map_err(remote_error)
+    }
+
+    async fn snapshot_streamed(
+        &self,
+        sink: &mut (dyn FnMut(Listing) + Send),
+    ) -> Result<Option<String>> {
+        // `call` may run the fetch twice (after a new login); both runs feed the same sink.
+        let sink = parking_lot::Mutex::new(sink);
+        let deliver = |nodes: Vec<Node>, complete: Vec<String>| {
+            let complete = complete
+                .iter()
+                .filter_map(|h| Handle::from_mega(h).ok())
+                .collect();
+            (sink.lock())(Listing { nodes, complete });
+        };
+        self.call(|| self.client.fetch_tree_streamed(to_tree_node, deliver))
             .await
             .map_err(remote_error)
     }
@@ -480,7 +500,8 @@ fn remote_error(e: MegaError) -> RemoteError {
             | ErrorCode::Internal,
         )
         | MegaError::Http(_)
-        | MegaError::Network(_) => RemoteError::Unavailable(e.to_string()),
+        | MegaError::Network(_)
+        | MegaError::Cut(_) => RemoteError::Unavailable(e.to_string()),
         other => RemoteError::Other(other.to_string()),
     }
 }

@@ -252,25 +252,56 @@ pub async fn process(
             Value::Object(cmd) => dispatch(&ctx, cmd).await,
             _ => Err(ApiError::Args),
         };
-        results.push(result.unwrap_or_else(|e| json!(e.code())));
+        results.push(result.unwrap_or_else(|e| Answer::Value(json!(e.code()))));
     }
     if let Err(e) = ctx.finish().await {
         // Nothing of this request is known to be on disk: no command may be reported done.
         tracing::error!(error = %e, "could not flush the request's changes");
         return bare(e);
     }
-    let body = Bytes::from(serde_json::to_vec(&results).expect("JSON values serialize"));
+    let body = Bytes::from(answers_json(&results));
     if let (Some(auth), Some(id)) = (&auth, &request_id) {
         state.replay.put(&auth.sid_hash, id, body.clone());
     }
     body
 }
 
+/// A command's answer: a JSON value, or JSON text written without one (`f`).
+pub enum Answer {
+    Value(Value),
+    Json(Vec<u8>),
+}
+
+impl From<Value> for Answer {
+    fn from(v: Value) -> Self {
+        Answer::Value(v)
+    }
+}
+
+/// The body of a `/cs` answer: the array of the commands' answers.
+fn answers_json(answers: &[Answer]) -> Vec<u8> {
+    let mut body = vec![b'['];
+    for (i, answer) in answers.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        match answer {
+            Answer::Value(v) => serde_json::to_writer(&mut body, v).expect("JSON values serialize"),
+            Answer::Json(text) => body.extend_from_slice(text),
+        }
+    }
+    body.push(b']');
+    body
+}
+
 /// Runs one command.
-pub async fn dispatch(ctx: &Ctx<'_>, cmd: &Map<String, Value>) -> ApiResult<Value> {
+pub async fn dispatch(ctx: &Ctx<'_>, cmd: &Map<String, Value>) -> ApiResult<Answer> {
     let name = cmd.get("a").and_then(Value::as_str).ok_or(ApiError::Args)?;
     tracing::debug!(command = name, "api command");
-    match name {
+    if name == "f" && ctx.folder_link.is_none() {
+        return nodes::fetch(ctx).await;
+    }
+    let answer = match name {
         "us0" => accounts::prelogin(ctx, cmd).await,
         "us" => accounts::login(ctx, cmd).await,
         "up" => accounts::update_user(ctx, cmd).await,
@@ -281,8 +312,7 @@ pub async fn dispatch(ctx: &Ctx<'_>, cmd: &Map<String, Value>) -> ApiResult<Valu
         "sml" => sessions::logout(ctx).await,
         "usl" => sessions::list(ctx).await,
         "usr" => sessions::revoke(ctx, cmd).await,
-        "f" if ctx.folder_link.is_some() => links::folder_fetch(ctx).await,
-        "f" => nodes::fetch(ctx).await,
+        "f" => links::folder_fetch(ctx).await,
         "p" => nodes::put(ctx, cmd).await,
         "a" => nodes::set_attributes(ctx, cmd).await,
         "m" => nodes::move_node(ctx, cmd).await,
@@ -294,7 +324,8 @@ pub async fn dispatch(ctx: &Ctx<'_>, cmd: &Map<String, Value>) -> ApiResult<Valu
         "l" => links::export(ctx, cmd).await,
         "s2" => links::share(ctx, cmd).await,
         _ => Err(ApiError::Args),
-    }
+    };
+    answer.map(Answer::Value)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use super::AppState;
 use super::accounts::{self, Account};
 use super::actions;
-use super::api::{Ctx, handle_arg, instance_id, opt_str, str_arg};
+use super::api::{Answer, Ctx, handle_arg, instance_id, opt_str, str_arg};
 use super::errors::{ApiError, ApiResult};
 use super::store::{Writes, keys, now, random_handle};
 use super::transfer;
@@ -70,23 +70,55 @@ impl Node {
     /// The wire form (§4.6). `k` is `<owner>:<key>`: go-mega takes only the first pair and
     /// requires it to be the owner's.
     pub fn wire(&self, uh: &str) -> Value {
-        let mut v = json!({
-            "h": self.h,
-            "p": self.p,
-            "u": uh,
-            "t": self.t,
-            "a": self.a,
-            "k": if self.k.is_empty() { String::new() } else { format!("{uh}:{}", self.k) },
-            "ts": self.ts,
-        });
-        let obj = v.as_object_mut().expect("object literal");
-        if self.t == TYPE_FILE {
-            obj.insert("s".into(), json!(self.s.unwrap_or(0)));
+        serde_json::to_value(self.wire_ref(uh)).expect("JSON values serialize")
+    }
+
+    /// [`Node::wire`] without building a [`Value`]: serialized as it is, borrowing every field.
+    fn wire_ref<'a>(&'a self, uh: &'a str) -> WireRef<'a> {
+        WireRef {
+            h: &self.h,
+            p: &self.p,
+            u: uh,
+            t: self.t,
+            a: &self.a,
+            k: KeyRef { uh, k: &self.k },
+            s: (self.t == TYPE_FILE).then_some(self.s.unwrap_or(0)),
+            ts: self.ts,
+            fa: self.fa.as_deref(),
         }
-        if let Some(fa) = &self.fa {
-            obj.insert("fa".into(), json!(fa));
+    }
+}
+
+/// A node's wire form, borrowed from it.
+#[derive(Serialize)]
+struct WireRef<'a> {
+    h: &'a str,
+    p: &'a str,
+    u: &'a str,
+    t: i64,
+    a: &'a str,
+    k: KeyRef<'a>,
+    /// Files only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s: Option<u64>,
+    ts: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fa: Option<&'a str>,
+}
+
+/// `<owner>:<key>`, or empty for the roots (which have no key).
+struct KeyRef<'a> {
+    uh: &'a str,
+    k: &'a str,
+}
+
+impl Serialize for KeyRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.k.is_empty() {
+            s.serialize_str("")
+        } else {
+            s.collect_str(&format_args!("{}:{}", self.uh, self.k))
         }
-        v
     }
 }
 
@@ -152,21 +184,53 @@ fn parents_first(nodes: Vec<Node>) -> Vec<Node> {
 }
 
 /// `f`: the whole tree, `ok: []` always (megajs reduces over it), and the sequence number
-/// (a string) to start `sc` from.
-pub async fn fetch(ctx: &Ctx<'_>) -> ApiResult<Value> {
+/// (a string) to start `sc` from. Written straight to JSON text: as a [`Value`], the answer of
+/// a big account would cost several times its size to build.
+///
+/// The nodes come breadth first (see [`parents_first`]): each folder's children contiguous,
+/// the folders' groups in the order the folders themselves were listed. `veilfs_groups`
+/// promises that order, ahead of `f` so that a client reading the answer as it arrives knows
+/// it in time: a veilfs mount then answers for a folder as soon as its group is complete,
+/// before the rest of a big tree has arrived. Other clients ignore the field.
+pub async fn fetch(ctx: &Ctx<'_>) -> ApiResult<Answer> {
     let uh = &ctx.auth()?.uh;
     // Read the sequence number before the nodes: a change landing in between is then both in
     // the listing and replayed by `sc`, which clients handle; the other order could lose it.
     let account = accounts::load(ctx.state, uh)?;
     let nodes = parents_first(all_nodes(ctx.state, uh)?);
     let (ok, ph) = super::links::owner_lists(ctx, uh)?;
-    Ok(json!({
-        "f": nodes.iter().map(|n| n.wire(uh)).collect::<Vec<_>>(),
-        "ok": ok,
-        "ph": ph,
-        "s": [],
-        "sn": actions::encode_sn(account.seq),
-    }))
+    let answer = FetchAnswer {
+        veilfs_groups: 1,
+        sn: actions::encode_sn(account.seq),
+        ok,
+        ph,
+        s: [],
+        f: NodeList { nodes: &nodes, uh },
+    };
+    Ok(Answer::Json(
+        serde_json::to_vec(&answer).expect("JSON values serialize"),
+    ))
+}
+
+#[derive(Serialize)]
+struct FetchAnswer<'a> {
+    veilfs_groups: u8,
+    sn: String,
+    ok: Vec<Value>,
+    ph: Vec<Value>,
+    s: [(); 0],
+    f: NodeList<'a>,
+}
+
+struct NodeList<'a> {
+    nodes: &'a [Node],
+    uh: &'a str,
+}
+
+impl Serialize for NodeList<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.nodes.iter().map(|n| n.wire_ref(self.uh)))
+    }
 }
 
 /// Validates encrypted attributes: base64 of whole AES blocks, bounded.

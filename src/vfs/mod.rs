@@ -17,6 +17,7 @@
 
 mod error;
 mod io;
+mod load;
 mod local;
 mod sync;
 mod upload;
@@ -169,6 +170,8 @@ pub struct Vfs<R: Remote> {
     reads: io::ReadState,
     uploads: upload::Queue<R::Upload>,
     notifier: OnceLock<Notifier>,
+    /// The first load of a drive, while it runs (see `load.rs`).
+    loading: load::Loading,
     status: Mutex<Status>,
     quota: Mutex<Option<(Quota, Instant)>>,
 }
@@ -201,14 +204,24 @@ impl<R: Remote> Vfs<R> {
             reads: io::ReadState::default(),
             uploads,
             notifier: OnceLock::new(),
+            loading: load::Loading::whole(),
             status: Mutex::new(Status::default()),
             quota: Mutex::new(None),
         })
     }
 
-    /// Makes the tree current (a full fetch when nothing is stored locally, otherwise in the
-    /// background), resumes queued uploads and starts following remote changes.
+    /// Makes the tree current, resumes queued uploads and starts following remote changes.
+    /// With a local tree, the mount is live at once and catches up in the background. With
+    /// none, the listing is read as it arrives and this returns once the root folder is
+    /// complete (`load.rs`). A local tree left incomplete (a first load cut short) is
+    /// replaced by a full fetch first.
     pub async fn start(self: &Arc<Self>) -> Result<()> {
+        if self.tree.read().is_empty() && self.wb.pending()?.is_empty() {
+            // Nothing to resume: this only starts the upload workers, which must run before
+            // anything can be written.
+            self.resume_uploads()?;
+            return self.load_first().await;
+        }
         if self.tree.read().seq().is_none() || self.tree.read().getattr(ROOT_INO).is_none() {
             self.reload().await?;
         }
@@ -307,6 +320,7 @@ impl<R: Remote> Vfs<R> {
     }
 
     pub fn lookup(&self, parent: u64, name: &str) -> Result<Stat> {
+        self.listed(parent)?;
         let tree = self.tree.read();
         let p = tree.getattr(parent).ok_or(VfsError::NotFound)?;
         if !p.kind.is_dir() {
@@ -332,6 +346,7 @@ impl<R: Remote> Vfs<R> {
     }
 
     pub fn readdir(&self, ino: u64, offset: u64) -> Result<Vec<DirEntry>> {
+        self.listed(ino)?;
         let tree = self.tree.read();
         let entries = tree.readdir(ino, offset).map_err(|e| match e {
             tree::TreeError::NotADirectory(_) => VfsError::NotDir,
@@ -454,16 +469,20 @@ impl<R: Remote> Vfs<R> {
 
     pub async fn mkdir(&self, parent: u64, name: &str, mode: u32) -> Result<Stat> {
         self.writable()?;
+        self.listed_async(parent).await?;
         let _ns = self.ns.lock().await;
         let (p, meta) = self.new_entry(parent, name, Some(mode), None)?;
         let node = self.remote.mkdir(&p, &meta).await?;
         let handle = node.handle;
         self.apply(vec![Change::Upsert(node)])?;
+        // New, so empty: complete even while a first load runs.
+        self.loading.mark([handle]);
         self.stat_handle(handle, true)
     }
 
     pub async fn symlink(&self, parent: u64, name: &str, target: &str) -> Result<Stat> {
         self.writable()?;
+        self.listed_async(parent).await?;
         let _ns = self.ns.lock().await;
         let (p, meta) = self.new_entry(parent, name, None, Some(target))?;
         // The link's content is its target, so other MEGA clients see a small file holding it.
@@ -497,6 +516,7 @@ impl<R: Remote> Vfs<R> {
     /// duplicate name, shown as such (README, names).
     pub async fn create(&self, parent: u64, name: &str, mode: u32) -> Result<(Stat, u64)> {
         self.writable()?;
+        self.listed_async(parent).await?;
         let (p, meta) = self.new_entry(parent, name, Some(mode), None)?;
         let (id, file) = self.making_room(0, || self.wb.create())?;
         let node = local::local_file_node(
@@ -534,6 +554,7 @@ impl<R: Remote> Vfs<R> {
 
     pub async fn unlink(&self, parent: u64, name: &str) -> Result<()> {
         self.writable()?;
+        self.listed_async(parent).await?;
         let _ns = self.ns.lock().await;
         let ino = self
             .tree
@@ -600,6 +621,13 @@ impl<R: Remote> Vfs<R> {
 
     pub async fn rmdir(&self, parent: u64, name: &str) -> Result<()> {
         self.writable()?;
+        self.listed_async(parent).await?;
+        // Whether it is empty; waited for outside `ns`, which a reload after a failed first
+        // load needs.
+        let folder = self.tree.read().peek(parent, name);
+        if let Some(ino) = folder {
+            self.listed_async(ino).await?;
+        }
         let _ns = self.ns.lock().await;
         let ino = self
             .tree
@@ -627,6 +655,13 @@ impl<R: Remote> Vfs<R> {
         no_replace: bool,
     ) -> Result<()> {
         self.writable()?;
+        self.listed_async(parent).await?;
+        self.listed_async(new_parent).await?;
+        // Whether a folder it replaces is empty (waited for outside `ns`, see `rmdir`).
+        let replaced = self.tree.read().peek(new_parent, new_name);
+        if let Some(t) = replaced {
+            self.listed_async(t).await?;
+        }
         if self.local_rename(parent, name, new_parent, new_name)? {
             return Ok(());
         }
