@@ -683,3 +683,70 @@ async fn typed_fetch_gives_the_same_nodes_as_the_json_value_path() {
     assert_eq!(got.iter().filter(|n| n.wire.t == 2).count(), 1);
     assert!(got.iter().any(|n| n.name() == Some("emoji 🎉.txt")));
 }
+
+/// What `fetch_tree_streamed` handed over: the nodes in order, and after how many of them
+/// each folder was declared complete.
+async fn fetch_streamed(client: &MegaClient) -> (Vec<DecryptedNode>, Vec<(usize, String)>) {
+    let mut nodes = Vec::new();
+    let mut claims = Vec::new();
+    client
+        .fetch_tree_streamed(Some, |part, complete| {
+            nodes.extend(part);
+            claims.extend(complete.into_iter().map(|h| (nodes.len(), h)));
+        })
+        .await
+        .unwrap();
+    (nodes, claims)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_fetch_declares_a_folder_complete_only_after_all_its_children() {
+    let f = fixture("stream@example.com").await;
+    let client = login(&f).await;
+    let (nodes, _) = client.fetch_tree().await.unwrap();
+    let root = root(&nodes);
+    // root → empty, b → (b1 empty, b2 → file), c → file
+    let empty = client.mkdir(&root, &attrs("empty")).await.unwrap();
+    let b = client.mkdir(&root, &attrs("b")).await.unwrap();
+    let c = client.mkdir(&root, &attrs("c")).await.unwrap();
+    client.mkdir(&b.wire.h, &attrs("b1")).await.unwrap();
+    let b2 = client.mkdir(&b.wire.h, &attrs("b2")).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    std::fs::write(&path, b"x").unwrap();
+    for parent in [&b2.wire.h, &c.wire.h] {
+        client
+            .upload(parent, &path, &attrs("f.txt"), None, |_| {})
+            .await
+            .unwrap();
+    }
+
+    let (want, _) = client.fetch_tree().await.unwrap();
+    let (got, claims) = fetch_streamed(&client).await;
+    assert_same_nodes(&got, &want);
+    for (seen, folder) in &claims {
+        assert!(
+            got[..*seen]
+                .iter()
+                .any(|n| &n.wire.h == folder && n.wire.t != 0),
+            "{folder} declared complete before it was listed, or is not a folder"
+        );
+        let late: Vec<_> = got[*seen..]
+            .iter()
+            .filter(|n| &n.wire.p == folder)
+            .collect();
+        assert!(
+            late.is_empty(),
+            "{folder} declared complete before {late:?}"
+        );
+    }
+    let claimed: Vec<&str> = claims.iter().map(|(_, h)| h.as_str()).collect();
+    assert!(claimed.contains(&root.as_str()), "{claimed:?}");
+    // Listed in the root's group, with a group after it (b2's) whichever the order: an empty
+    // folder is known to be empty before the end.
+    assert!(claimed.contains(&empty.wire.h.as_str()), "{claimed:?}");
+    let mut unique = claimed.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), claimed.len(), "a folder declared twice");
+}

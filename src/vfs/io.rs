@@ -296,29 +296,31 @@ impl<R: Remote> Vfs<R> {
         Ok(data.len() as u32)
     }
 
-    pub(super) async fn truncate(self: &Arc<Self>, ino: u64, size: u64) -> Result<()> {
+    /// Sets file `ino`'s size; returns whether it changed.
+    pub(super) async fn truncate(self: &Arc<Self>, ino: u64, size: u64) -> Result<bool> {
         let node = self.node(ino)?;
         if node.kind.is_dir() {
             return Err(VfsError::IsDir);
         }
         self.ensure_local(ino, size == 0).await?;
-        let queue_now = {
+        let (changed, queue_now) = {
             let mut files = self.files.lock();
             let local = files.get_mut(&ino).ok_or(VfsError::NotFound)?;
-            if local.size != size {
+            let changed = local.size != size;
+            if changed {
                 self.writable_copy(local, false)?;
                 local.file.set_len(size)?;
                 local.size = size;
                 local.dirty = true;
                 local.mtime_ns = now_ns();
             }
-            local.writers == 0
+            (changed, local.writers == 0)
         };
         if queue_now {
             self.queue(ino)?;
             self.drop_idle(ino);
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// `flush` (each `close()`) and `fsync`: queue what was written, durably.

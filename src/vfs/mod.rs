@@ -759,8 +759,14 @@ impl<R: Remote> Vfs<R> {
         }
         self.writable()?;
         self.may_change(&self.node(ino)?)?;
-        if let Some(size) = set.size {
-            self.truncate(ino, size).await?;
+        let mut set = set;
+        if let Some(size) = set.size
+            && !self.truncate(ino, size).await?
+            && set.mtime.is_none()
+        {
+            // A truncate to the size a file already has still marks its mtime, as Linux's
+            // local file systems do (`truncate(2)` sends no time of its own).
+            set.mtime = Some(None);
         }
         if (set.mode.is_some() || set.mtime.is_some()) && !self.local_setattr(ino, set)? {
             let _ns = self.ns.lock().await;
