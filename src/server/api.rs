@@ -272,12 +272,6 @@ pub enum Answer {
     Json(Vec<u8>),
 }
 
-impl From<Value> for Answer {
-    fn from(v: Value) -> Self {
-        Answer::Value(v)
-    }
-}
-
 /// The body of a `/cs` answer: the array of the commands' answers.
 fn answers_json(answers: &[Answer]) -> Vec<u8> {
     let mut body = vec![b'['];

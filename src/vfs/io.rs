@@ -65,6 +65,8 @@ pub(super) struct ReadState {
 /// Freed beyond the immediate need when the staging disk is full, so that the next writes do
 /// not each hit the full disk again.
 const ROOM_SLACK: u64 = 16 * 1024 * 1024;
+/// Rounds of eviction a write that finds the staging disk full may go through.
+const MAKE_ROOM_TRIES: usize = 3;
 
 /// Errors that may say "no space left on the device".
 pub(super) trait StorageError {
@@ -240,7 +242,7 @@ impl<R: Remote> Vfs<R> {
     }
 
     /// Runs a staging operation that needs about `need` bytes of disk; if the disk is full,
-    /// evicts cached chunks (expendable, unlike staged writes) and tries once more.
+    /// evicts cached chunks (expendable, unlike staged writes) and tries again.
     pub(super) fn making_room<T, E>(
         &self,
         need: u64,
@@ -249,16 +251,24 @@ impl<R: Remote> Vfs<R> {
     where
         E: StorageError + Into<VfsError>,
     {
-        match op() {
-            Err(e) if e.is_full() && self.cache.release_disk(need + ROOM_SLACK) > 0 => {
-                tracing::info!(
-                    need,
-                    "staging disk full: evicted cached chunks to make room"
-                );
-                op().map_err(Into::into)
+        let mut result = op();
+        // Chunks still being written to the disk cache (read-ahead) can take the room just
+        // freed: try again while evicting frees something, a few times.
+        for _ in 0..MAKE_ROOM_TRIES {
+            match &result {
+                Err(e) if e.is_full() => {}
+                _ => break,
             }
-            other => other.map_err(Into::into),
+            if self.cache.release_disk(need + ROOM_SLACK) == 0 {
+                break;
+            }
+            tracing::info!(
+                need,
+                "staging disk full: evicted cached chunks to make room"
+            );
+            result = op();
         }
+        result.map_err(Into::into)
     }
 
     /// Before changing local content: a sealed staging file belongs to its queued upload, so
