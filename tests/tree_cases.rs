@@ -438,3 +438,30 @@ fn a_large_snapshot_is_written_in_slices_and_reloads_whole() {
     assert_eq!((1..1_300).map(|h| ino(&tree, h)).collect::<Vec<_>>(), inos);
     assert_eq!(tree.child_count(ROOT_INO), Some(1_298));
 }
+
+#[test]
+fn a_node_kept_waiting_by_a_passing_cycle_is_attached_once_the_batch_breaks_it() {
+    // 9 waits for 11; 7 sits under 9. Then one snapshot brings 11 under 7 and 9 again before
+    // it moves 7 to the root: linking 9 under 11 would close the cycle 9 → 11 → 7 → 9 at those
+    // moments, but not once 7 has moved. (Found by tree_model.)
+    let mut tree = Tree::new();
+    tree.apply_snapshot([root()], Some("1")).unwrap();
+    tree.apply_changes([Change::Upsert(folder(9, 11, "nine"))], Some("2"))
+        .unwrap();
+    tree.apply_changes([Change::Upsert(folder(7, 9, "seven"))], Some("3"))
+        .unwrap();
+    tree.apply_snapshot(
+        [
+            root(),
+            folder(11, 7, "eleven"),
+            folder(9, 11, "nine"),
+            folder(7, 1, "seven"),
+        ],
+        Some("4"),
+    )
+    .unwrap();
+    assert_eq!(tree.parent_of(ino(&tree, 7)), Some(ROOT_INO));
+    assert_eq!(tree.parent_of(ino(&tree, 11)), Some(ino(&tree, 7)));
+    assert_eq!(tree.parent_of(ino(&tree, 9)), Some(ino(&tree, 11)));
+    assert_eq!(names(&tree, ino(&tree, 11)), ["nine"]);
+}

@@ -540,6 +540,7 @@ impl Tree {
         for ino in std::mem::take(&mut b.deleted) {
             self.finalize_delete(ino, &mut b);
         }
+        self.retry_waiting(&mut b);
         self.relabel_pending(&mut b);
         if let Some(s) = seq {
             self.seq = Some(s.to_owned());
@@ -826,6 +827,33 @@ impl Tree {
                         !k.deleted && k.parent == Some(handle) && k.parent_ino == 0
                     })
                 }));
+            }
+        }
+    }
+
+    /// Nodes whose parent is known but who still wait: linking them would have closed a cycle
+    /// when they were tried (a folder moved under its own waiting descendant, say), and a later
+    /// change of the same batch may have opened it again. Nothing else retries them, since
+    /// their parent has already arrived.
+    fn retry_waiting(&mut self, b: &mut Batch) {
+        let known: Vec<Handle> = self
+            .waiting
+            .keys()
+            .copied()
+            .filter(|h| self.by_handle.contains_key(h))
+            .collect();
+        for parent in known {
+            let Some(kids) = self.waiting.remove(&parent) else {
+                continue;
+            };
+            for kid in kids {
+                let still = self
+                    .entries
+                    .get(&kid)
+                    .is_some_and(|k| !k.deleted && k.parent == Some(parent) && k.parent_ino == 0);
+                if still {
+                    self.attach(kid, b);
+                }
             }
         }
     }
