@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::mount::{MountFixture, pattern};
+use common::mount::{MountFixture, pattern, write_and_close};
 
 /// Every regular file under `dir`.
 fn files_under(dir: &Path) -> Vec<PathBuf> {
@@ -339,18 +339,6 @@ fn a_stalled_download_blocks_neither_listing_nor_cached_files() {
     assert!(content == cached);
     // Once the server is back the download completes, byte-exact.
     assert!(reader.join().unwrap().unwrap() == slow);
-}
-
-fn write_and_close(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut h = fs::File::create(path)?;
-    let written = data.chunks(1 << 20).try_for_each(|c| h.write_all(c));
-    let fd = std::os::fd::IntoRawFd::into_raw_fd(h);
-    let closed = if unsafe { libc::close(fd) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    };
-    written.and(closed)
 }
 
 #[test]

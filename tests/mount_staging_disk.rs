@@ -9,23 +9,11 @@
 mod common;
 
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::mount::{MountFixture, pattern};
-
-fn write_and_close(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut h = fs::File::create(path)?;
-    let written = data.chunks(1 << 20).try_for_each(|c| h.write_all(c));
-    let fd = std::os::fd::IntoRawFd::into_raw_fd(h);
-    let closed = if unsafe { libc::close(fd) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    };
-    written.and(closed)
-}
+use common::mount::{MountFixture, pattern, write_and_close};
 
 /// A small tmpfs, unmounted when dropped (declare it before the fixture using it, so it
 /// outlives the mount).

@@ -365,6 +365,21 @@ fn try_spawn_serve(mut cmd: Command) -> Result<(Child, String), String> {
     }
 }
 
+/// Writes `data` in 1 MiB writes and closes with `close(2)` itself, so that an error the
+/// close reports (the mount's flush) is seen rather than ignored as `drop` would.
+pub fn write_and_close(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut h = std::fs::File::create(path)?;
+    let written = data.chunks(1 << 20).try_for_each(|c| h.write_all(c));
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(h);
+    let closed = if unsafe { libc::close(fd) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    };
+    written.and(closed)
+}
+
 /// Deterministic test content.
 pub fn pattern(size: usize, seed: u8) -> Vec<u8> {
     (0..size)
