@@ -415,11 +415,21 @@ impl<R: Remote> Vfs<R> {
             mtime_ns: local.mtime_ns,
             size: local.size,
         };
-        self.wb.enqueue(&local.file, &entry)?;
+        // Older versions still queued (the file was flushed, then written again: a program
+        // that forks while writing makes the kernel flush at each child's exec) are dropped
+        // rather than uploaded and overwritten. One being committed right now may still land
+        // first; the new version then replaces it (`retire` retargets it).
+        let superseded = std::mem::take(&mut local.queued);
+        self.wb
+            .enqueue_superseding(&local.file, &entry, &superseded)
+            .inspect_err(|_| local.queued.clone_from(&superseded))?;
         local.sealed = true;
         local.dirty = false;
         local.queued.push(entry.id);
         drop(files);
+        for id in superseded {
+            self.uploads.cancel(id);
+        }
         self.uploads.submit(entry.id);
         Ok(())
     }

@@ -74,8 +74,11 @@ impl<U> Queue<U> {
     /// Abandons upload `id` if it is under way; its journal entry must already be gone (an
     /// upload that has not started finds none and drops itself).
     ///
-    /// Called under the namespace lock, which the commit phase also holds: an upload is
-    /// abandoned before its commit or not at all, never halfway through one.
+    /// For a deleted file it is called under the namespace lock, which the commit phase also
+    /// holds: the upload is abandoned before its commit or not at all, never halfway through
+    /// one (a commit that went through would bring the file back). A version superseded by a
+    /// newer one may be abandoned at any point: should its commit go through, the newer
+    /// version replaces it.
     pub(super) fn cancel(&self, id: u64) {
         if let Some(signal) = self.running.lock().get(&id) {
             // `notify_one` keeps the wake-up for a worker not yet waiting on it.

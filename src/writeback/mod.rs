@@ -167,12 +167,31 @@ impl Writeback {
     /// Seals a staging file into the journal: its data and the entry reach the disk before this
     /// returns, which is what lets `close()` and `fsync()` report success.
     pub fn enqueue(&self, file: &File, entry: &Entry) -> Result<()> {
+        self.enqueue_superseding(file, entry, &[])
+    }
+
+    /// [`Writeback::enqueue`] of a file's new version that also drops its older queued
+    /// versions (`superseded`): uploading them would only be overwritten. The new entry is
+    /// written before the old ones are removed, in the same flush, so a crash keeps at least
+    /// the newest acknowledged version. The old staging files are deleted.
+    pub fn enqueue_superseding(
+        &self,
+        file: &File,
+        entry: &Entry,
+        superseded: &[u64],
+    ) -> Result<()> {
         file.sync_data().map_err(|source| WritebackError::Io {
             path: self.path_of(entry.id),
             source,
         })?;
         self.put(entry)?;
+        for &old in superseded {
+            self.forget(old)?;
+        }
         self.journal.flush()?;
+        for &old in superseded {
+            self.discard(old);
+        }
         Ok(())
     }
 
