@@ -17,6 +17,9 @@ use crate::remote::{Fetched, Remote, RemoteError};
 use crate::tree::Node;
 use crate::writeback::Entry;
 
+/// Written staging data is sent to the disk in blocks of this size (see `Vfs::write`).
+const STAGING_WRITEBACK: u64 = 8 * 1024 * 1024;
+
 /// How much of a file's content a writer's open copies into its staging file per read.
 const LOCAL_COPY_PIECE: u64 = 8 * 1024 * 1024;
 
@@ -303,9 +306,18 @@ impl<R: Remote> Vfs<R> {
         self.writable_copy(local, false)?;
         let file = local.file.clone();
         self.making_room(data.len() as u64, || file.write_all_at(data, offset))?;
-        local.size = local.size.max(offset + data.len() as u64);
+        let end = offset + data.len() as u64;
+        local.size = local.size.max(end);
         local.mtime_ns = now_ns();
         local.dirty = true;
+        drop(files);
+        // `close()` returns only once the staging file is on disk. Each block a writer
+        // completes goes to the disk now, while it writes the next, so that the fsync at the
+        // close finds little left to write. Outside the lock: the call may wait for the disk.
+        if end / STAGING_WRITEBACK != offset / STAGING_WRITEBACK {
+            let block = end / STAGING_WRITEBACK * STAGING_WRITEBACK - STAGING_WRITEBACK;
+            crate::util::start_writeback(&file, block, STAGING_WRITEBACK);
+        }
         Ok(data.len() as u32)
     }
 
@@ -421,7 +433,7 @@ impl<R: Remote> Vfs<R> {
         local.dirty = false;
         local.queued.push(entry.id);
         drop(files);
-        self.uploads.submit(entry.id);
+        self.uploads.submit(entry.id, entry.size);
         Ok(())
     }
 
