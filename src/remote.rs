@@ -220,6 +220,12 @@ pub trait Remote: Send + Sync + 'static {
     /// decryption, caching and verification.
     fn chunk_at(&self, size: u64, offset: u64) -> Range<u64>;
 
+    /// How many bytes of consecutive chunks one [`Remote::fetch`] is best asked for: reads and
+    /// read-ahead group missing chunks into fetches of up to this size.
+    fn fetch_batch(&self) -> u64 {
+        8 * 1024 * 1024
+    }
+
     /// Fetches and decrypts the chunks covering `range` (which starts and ends on chunk
     /// boundaries or at the end of the file).
     fn fetch(

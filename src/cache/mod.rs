@@ -196,15 +196,28 @@ impl BlockCache {
     /// served) even when the disk write fails; the error is returned for logging.
     pub fn insert(&self, id: ChunkId, data: Arc<[u8]>) -> Result<(), CacheError> {
         self.insert_memory(id, data.clone());
+        self.write_through(&id, &data)
+    }
+
+    /// The disk half of [`BlockCache::insert`], for a caller that has put the chunk in memory
+    /// with [`BlockCache::insert_memory`] and seals it to disk later, off the path of the read
+    /// that waits for it.
+    pub fn write_through(&self, id: &ChunkId, data: &[u8]) -> Result<(), CacheError> {
         if let Some(disk) = &self.disk {
-            disk.write(&id, &data).inspect_err(|_| {
+            disk.write(id, data).inspect_err(|_| {
                 self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
             })?;
         }
         Ok(())
     }
 
-    fn insert_memory(&self, id: ChunkId, data: Arc<[u8]>) {
+    /// Whether chunks are also kept on disk.
+    pub fn has_disk(&self) -> bool {
+        self.disk.is_some()
+    }
+
+    /// Caches a chunk in memory only (see [`BlockCache::write_through`]).
+    pub fn insert_memory(&self, id: ChunkId, data: Arc<[u8]>) {
         let len = data.len() as u64;
         if len > self.mem_budget {
             return;

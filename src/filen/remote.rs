@@ -707,6 +707,12 @@ impl Remote for FilenRemote {
         chunk_range(size, offset / CHUNK_SIZE as u64)
     }
 
+    /// One chunk: `fetch` downloads a range's chunks one after another, so separate fetches
+    /// of single chunks run in parallel instead.
+    fn fetch_batch(&self) -> u64 {
+        CHUNK_SIZE as u64
+    }
+
     async fn fetch(&self, node: &Node, range: Range<u64>) -> Result<Vec<Fetched>> {
         let key = self.file_key(node)?;
         let uuid = uuid_of(node)?;

@@ -396,6 +396,12 @@ impl Remote for MegaRemote {
         mc::chunk_range(mc::chunk_index(offset), size)
     }
 
+    /// Eight 1 MiB chunks: one ranged GET, and `chunk_macs` runs all eight side by side (the
+    /// AES-NI backend's width), where one chunk alone runs at a fraction of that speed.
+    fn fetch_batch(&self) -> u64 {
+        8 * 1024 * 1024
+    }
+
     async fn fetch(&self, node: &Node, range: Range<u64>) -> Result<Vec<Fetched>> {
         let NodeKey::File { key, .. } = node_key(node)? else {
             return Err(RemoteError::Other("not a file".into()));

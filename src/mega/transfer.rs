@@ -293,8 +293,14 @@ fn encrypt_range(
     let io = |e: std::io::Error| MegaError::Network(format!("reading {}: {e}", path.display()));
     let mut file = std::fs::File::open(path).map_err(io)?;
     file.seek(SeekFrom::Start(range.start)).map_err(io)?;
-    let mut buf = vec![0u8; (range.end - range.start) as usize];
-    file.read_exact(&mut buf).map_err(io)?;
+    let len = range.end - range.start;
+    // Read into spare capacity: zero-filling a buffer the read overwrites anyway costs a pass
+    // over every byte of the upload.
+    let mut buf = Vec::with_capacity(len as usize);
+    file.take(len).read_to_end(&mut buf).map_err(io)?;
+    if buf.len() as u64 != len {
+        return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
     let first = mc::chunk_index(range.start);
     let spans: Vec<_> = (first..)
         .map(|i| mc::chunk_range(i, range.end))

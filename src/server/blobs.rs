@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 
 #[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
-    /// Writes `data` at `offset` of temporary blob `id`, creating it if needed.
-    async fn write_temp(&self, id: &str, offset: u64, data: Bytes) -> io::Result<()>;
+    /// Writes `data` at `offset` of temporary blob `id`, creating it if needed. `data` is one
+    /// contiguous range in pieces (a request body as it arrived, see `transfer::upload_chunk`).
+    async fn write_temp(&self, id: &str, offset: u64, data: Vec<Bytes>) -> io::Result<()>;
     /// Makes temporary blob `id` exactly `size` bytes long (durable once published).
     async fn seal_temp(&self, id: &str, size: u64) -> io::Result<()>;
     /// Turns sealed temporary blob `id` into permanent blob `id`, durably. Idempotent: a blob
@@ -85,7 +86,8 @@ impl LocalBlobStore {
 
 /// The synchronous operations behind the trait.
 impl LocalBlobStore {
-    fn write_temp_sync(&self, id: &str, offset: u64, data: &[u8]) -> io::Result<()> {
+    fn write_temp_sync(&self, id: &str, offset: u64, data: &[Bytes]) -> io::Result<()> {
+        use std::io::{IoSlice, Seek, SeekFrom, Write};
         let mut options = OpenOptions::new();
         options.write(true).create(true).truncate(false);
         #[cfg(unix)]
@@ -93,19 +95,27 @@ impl LocalBlobStore {
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(0o600);
         }
-        let file = options.open(self.temp_path(id)?)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::FileExt;
-            file.write_all_at(data, offset)
+        // Each write opens the file anew, so its position is this write's own: concurrent
+        // chunks of one upload do not disturb each other.
+        let mut file = options.open(self.temp_path(id)?)?;
+        file.seek(SeekFrom::Start(offset))?;
+        // One system call for many pieces rather than one per piece.
+        let mut slices: Vec<IoSlice<'_>> = data.iter().map(|d| IoSlice::new(d)).collect();
+        let mut left = &mut slices[..];
+        let mut written = 0u64;
+        while !left.is_empty() {
+            let n = file.write_vectored(left)?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            written += n as u64;
+            IoSlice::advance_slices(&mut left, n);
         }
-        #[cfg(not(unix))]
-        {
-            use std::io::{Seek, SeekFrom, Write};
-            let mut file = file;
-            file.seek(SeekFrom::Start(offset))?;
-            file.write_all(data)
-        }
+        // The blob is made durable only at `p`, by an fsync that would otherwise find all of a
+        // large upload still in memory and write it while the client waits; started as each
+        // chunk arrives, that writing overlaps the rest of the upload.
+        crate::util::start_writeback(&file, offset, written);
+        Ok(())
     }
 
     fn seal_temp_sync(&self, id: &str, size: u64) -> io::Result<()> {
@@ -198,7 +208,7 @@ async fn blocking<T: Send + 'static>(
 
 #[async_trait]
 impl BlobStore for LocalBlobStore {
-    async fn write_temp(&self, id: &str, offset: u64, data: Bytes) -> io::Result<()> {
+    async fn write_temp(&self, id: &str, offset: u64, data: Vec<Bytes>) -> io::Result<()> {
         let id = id.to_string();
         blocking(self, move |s| s.write_temp_sync(&id, offset, &data)).await
     }
@@ -255,11 +265,15 @@ mod tests {
         let store = LocalBlobStore::open(&dir).unwrap();
         let id = "abcdEF12";
         store
-            .write_temp(id, 5, Bytes::from_static(b"world"))
+            .write_temp(
+                id,
+                5,
+                vec![Bytes::from_static(b"wor"), Bytes::from_static(b"ld")],
+            )
             .await
             .unwrap();
         store
-            .write_temp(id, 0, Bytes::from_static(b"hello"))
+            .write_temp(id, 0, vec![Bytes::from_static(b"hello")])
             .await
             .unwrap();
         assert!(store.read(id, 0, 10).await.is_err());
@@ -280,7 +294,7 @@ mod tests {
         let dir = tempdir("ids");
         let store = LocalBlobStore::open(&dir).unwrap();
         for bad in ["../../etc/passwd", "a/b/c/d", "", "..", "ab"] {
-            let data = Bytes::from_static(b"x");
+            let data = vec![Bytes::from_static(b"x")];
             assert!(store.write_temp(bad, 0, data).await.is_err(), "{bad}");
             assert!(store.read(bad, 0, 1).await.is_err(), "{bad}");
         }

@@ -165,14 +165,15 @@ impl S3BlobStore {
 
 #[async_trait]
 impl BlobStore for S3BlobStore {
-    async fn write_temp(&self, id: &str, offset: u64, data: Bytes) -> io::Result<()> {
+    async fn write_temp(&self, id: &str, offset: u64, data: Vec<Bytes>) -> io::Result<()> {
+        let len: usize = data.iter().map(Bytes::len).sum();
         // Offset and length in the name, zero-padded so a listing is in offset order: a chunk
         // re-sent with another split is a new object, never a truncated old one.
         let key = self
             .temp_dir(id)?
-            .join(format!("{offset:020}-{:020}", data.len()).as_str());
+            .join(format!("{offset:020}-{len:020}").as_str());
         self.store
-            .put(&key, PutPayload::from_bytes(data))
+            .put(&key, data.into_iter().collect::<PutPayload>())
             .await
             .map_err(to_io)?;
         Ok(())

@@ -7,10 +7,10 @@
 //! MAC of the server secret.
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
@@ -241,16 +241,41 @@ fn upload_error(e: ApiError) -> Response {
     text(e.code().to_string())
 }
 
-/// The optional chunk checksum (`c=` or `d=`): 12 bytes, `crc[i % 12] ^= data[i]`.
-fn checksum_matches(expected_b64: &str, data: &[u8]) -> bool {
+/// The optional chunk checksum (`c=` or `d=`) of a body received in `pieces`: 12 bytes,
+/// `crc[i % 12] ^= data[i]`.
+fn checksum_matches(expected_b64: &str, pieces: &[Bytes]) -> bool {
     let Ok(expected) = b64_decode(expected_b64) else {
         return false;
     };
     let mut crc = [0u8; 12];
-    for (i, b) in data.iter().enumerate() {
-        crc[i % 12] ^= b;
+    let mut i = 0;
+    for piece in pieces {
+        for b in piece.iter() {
+            crc[i % 12] ^= b;
+            i += 1;
+        }
     }
     expected == crc
+}
+
+/// A request body as the pieces it arrived in, at most `limit` bytes in all. Gathering them
+/// into one buffer would cost a fresh allocation and a copy of every uploaded byte (a third of
+/// the server's CPU time during a large upload); the blob store writes the pieces as they are.
+async fn body_pieces(body: Body, limit: usize) -> Option<(Vec<Bytes>, usize)> {
+    let mut pieces = Vec::new();
+    let mut len = 0usize;
+    let mut stream = body.into_data_stream();
+    while let Some(piece) = stream.next().await {
+        let piece = piece.ok()?;
+        len += piece.len();
+        if len > limit {
+            return None;
+        }
+        if !piece.is_empty() {
+            pieces.push(piece);
+        }
+    }
+    Some((pieces, len))
 }
 
 /// `POST /ul/<id>/<offset>`: one chunk. Answers an empty body (or `0` if the client sent `d=`,
@@ -259,9 +284,9 @@ pub async fn upload_chunk(
     State(state): State<Arc<AppState>>,
     Path((id, offset)): Path<(String, String)>,
     RawQuery(query): RawQuery,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
-    let Ok(data) = body else {
+    let Some((pieces, len)) = body_pieces(body, MAX_CHUNK).await else {
         return upload_error(ApiError::Args);
     };
     let Ok(offset) = offset.parse::<u64>() else {
@@ -282,18 +307,18 @@ pub async fn upload_chunk(
             Some(upload) => upload.size,
         }
     };
-    let end = offset.checked_add(data.len() as u64);
+    let end = offset.checked_add(len as u64);
     if end.is_none_or(|end| end > size) {
         return upload_error(ApiError::Range);
     }
     let end = end.expect("checked above");
     if let Some(sum) = query.get("c").or_else(|| query.get("d"))
-        && !checksum_matches(sum, &data)
+        && !checksum_matches(sum, &pieces)
     {
         return upload_error(ApiError::Key);
     }
-    if !data.is_empty()
-        && let Err(e) = state.blobs.write_temp(&id, offset, data).await
+    if len > 0
+        && let Err(e) = state.blobs.write_temp(&id, offset, pieces).await
     {
         return upload_error(e.into());
     }
@@ -564,10 +589,17 @@ mod tests {
         for (i, b) in data.iter().enumerate() {
             crc[i % 12] ^= b;
         }
-        assert!(checksum_matches(&b64_encode(&crc), &data));
+        let whole = [Bytes::from(data.clone())];
+        // Split unevenly, as a body arrives: the lanes carry on across pieces.
+        let split = [
+            Bytes::from(data[..7].to_vec()),
+            Bytes::from(data[7..].to_vec()),
+        ];
+        assert!(checksum_matches(&b64_encode(&crc), &whole));
+        assert!(checksum_matches(&b64_encode(&crc), &split));
         crc[0] ^= 1;
-        assert!(!checksum_matches(&b64_encode(&crc), &data));
-        assert!(!checksum_matches("%%%", &data));
+        assert!(!checksum_matches(&b64_encode(&crc), &whole));
+        assert!(!checksum_matches("%%%", &whole));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
@@ -17,8 +17,11 @@ use crate::remote::{Fetched, Remote, RemoteError};
 use crate::tree::Node;
 use crate::writeback::Entry;
 
-/// The most one fetch asks the server for at once.
-const MAX_FETCH: u64 = 4 * 1024 * 1024;
+/// Written staging data is sent to the disk in blocks of this size (see `Vfs::write`).
+const STAGING_WRITEBACK: u64 = 8 * 1024 * 1024;
+
+/// How much of a file's content a writer's open copies into its staging file per read.
+const LOCAL_COPY_PIECE: u64 = 8 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub(super) enum FetchFailure {
@@ -60,6 +63,19 @@ pub(super) struct ReadState {
     /// Chunks that failed their own check: reads reaching them answer EIO (or stop short
     /// before them), the rest of the file still reads.
     corrupt: Mutex<HashSet<ChunkId>>,
+    /// Bytes of fetched chunks waiting to be written to the disk cache.
+    disk_backlog: AtomicU64,
+}
+
+/// The most bytes of fetched chunks waiting for the disk cache (see `Vfs::write_through`).
+const MAX_DISK_BACKLOG: u64 = 64 * 1024 * 1024;
+
+/// Bytes covered by a run of consecutive chunks.
+fn run_len(run: &[Range<u64>]) -> u64 {
+    match (run.first(), run.last()) {
+        (Some(first), Some(last)) => last.end - first.start,
+        _ => 0,
+    }
 }
 
 /// Freed beyond the immediate need when the staging disk is full, so that the next writes do
@@ -185,7 +201,7 @@ impl<R: Remote> Vfs<R> {
         let size = if truncate { 0 } else { node.size };
         let mut at = 0;
         while at < size {
-            let piece = match self.read_remote(&node, at, MAX_FETCH, false).await {
+            let piece = match self.read_remote(&node, at, LOCAL_COPY_PIECE, false).await {
                 Ok(piece) => piece,
                 Err(e) => {
                     self.wb.discard(id);
@@ -300,9 +316,18 @@ impl<R: Remote> Vfs<R> {
         self.writable_copy(local, false)?;
         let file = local.file.clone();
         self.making_room(data.len() as u64, || file.write_all_at(data, offset))?;
-        local.size = local.size.max(offset + data.len() as u64);
+        let end = offset + data.len() as u64;
+        local.size = local.size.max(end);
         local.mtime_ns = now_ns();
         local.dirty = true;
+        drop(files);
+        // `close()` returns only once the staging file is on disk. Each block a writer
+        // completes goes to the disk now, while it writes the next, so that the fsync at the
+        // close finds little left to write. Outside the lock: the call may wait for the disk.
+        if end / STAGING_WRITEBACK != offset / STAGING_WRITEBACK {
+            let block = end / STAGING_WRITEBACK * STAGING_WRITEBACK - STAGING_WRITEBACK;
+            crate::util::start_writeback(&file, block, STAGING_WRITEBACK);
+        }
         Ok(data.len() as u32)
     }
 
@@ -429,8 +454,9 @@ impl<R: Remote> Vfs<R> {
         drop(files);
         for id in superseded {
             self.uploads.cancel(id);
+            self.discard_later(id);
         }
-        self.uploads.submit(entry.id);
+        self.uploads.submit(entry.id, entry.size);
         Ok(())
     }
 
@@ -555,13 +581,13 @@ impl<R: Remote> Vfs<R> {
             let ahead = self.spans(node.size, end..ahead_end);
             if !ahead.is_empty() {
                 // Not awaited: the fetches run while the reader consumes what it has.
-                drop(self.start_missing(node, cid, &ahead));
+                drop(self.start_missing(node, cid, &ahead, true));
             }
         }
         // A chunk can leave the cache between its fetch and our copy (a tiny cache under
         // pressure): fetch again, a bounded number of times.
         for _ in 0..4 {
-            let waits = self.start_missing(node, cid, &spans);
+            let waits = self.start_missing(node, cid, &spans, false);
             for r in futures_util::future::join_all(waits).await {
                 match r {
                     // Which chunk failed is in `corrupt`; the chunks before it still serve.
@@ -613,13 +639,21 @@ impl<R: Remote> Vfs<R> {
     }
 
     /// Starts fetches for the chunks of `spans` that are neither cached nor on their way, and
-    /// returns what to wait for.
+    /// returns what to wait for. Consecutive missing chunks go in one fetch of up to the
+    /// remote's [`Remote::fetch_batch`].
+    ///
+    /// With `read_ahead`, missing chunks at the end of `spans` that do not fill a whole batch
+    /// (and do not reach the end of the file) are left for a later call: as a sequential reader
+    /// advances, the window gains a chunk at a time, and fetching each alone would cost a
+    /// request per chunk and, for MEGA, MAC chunks one by one instead of side by side.
     fn start_missing(
         self: &Arc<Self>,
         node: &Node,
         cid: ContentId,
         spans: &[Range<u64>],
+        read_ahead: bool,
     ) -> Vec<SharedFetch> {
+        let batch = self.remote.fetch_batch();
         let mut waits = Vec::new();
         let mut run: Vec<Range<u64>> = Vec::new();
         let mut inflight = self.reads.inflight.lock();
@@ -637,13 +671,17 @@ impl<R: Remote> Vfs<R> {
                 waits.push(f);
                 continue;
             }
-            let run_len = run.last().map_or(0, |l| l.end) - run.first().map_or(0, |f| f.start);
-            if run_len + (span.end - span.start) > MAX_FETCH {
+            if run_len(&run) + (span.end - span.start) > batch {
                 self.flush_run(node, cid, &mut run, &mut inflight, &mut waits);
             }
             run.push(span.clone());
         }
-        self.flush_run(node, cid, &mut run, &mut inflight, &mut waits);
+        let reaches_end = run.last().is_some_and(|l| l.end >= node.size);
+        // A window smaller than a batch would otherwise never fetch ahead.
+        let worth_one = batch.min(self.config.read_ahead / 2);
+        if !read_ahead || reaches_end || run_len(&run) >= worth_one {
+            self.flush_run(node, cid, &mut run, &mut inflight, &mut waits);
+        }
         waits
     }
 
@@ -735,7 +773,7 @@ impl<R: Remote> Vfs<R> {
     /// Caches fetched chunks and, once every chunk of the file has been seen, checks the
     /// whole file. A failed check drops the file's cache and makes every read answer EIO.
     fn accept(
-        &self,
+        self: &Arc<Self>,
         node: &Node,
         cid: ContentId,
         chunks: Vec<Fetched>,
@@ -767,15 +805,52 @@ impl<R: Remote> Vfs<R> {
             }
         }
         drop(tags);
+        let mut fetched = Vec::with_capacity(chunks.len());
         for c in chunks {
             let id = ChunkId {
                 content: cid,
                 offset: c.offset,
             };
-            if let Err(error) = self.cache.insert(id, Arc::from(&c.data[..])) {
-                tracing::warn!(%error, "could not cache a chunk");
-            }
+            let data: Arc<[u8]> = Arc::from(&c.data[..]);
+            self.cache.insert_memory(id, data.clone());
+            fetched.push((id, data));
         }
+        self.write_through(cid, fetched);
         Ok(())
+    }
+
+    /// Writes fetched chunks through to the disk cache. The read waiting for them is served
+    /// from memory and does not need them sealed (AES-GCM) and written, so that runs on the
+    /// blocking pool while the read goes on, unless [`MAX_DISK_BACKLOG`] bytes already wait:
+    /// then here, which bounds the memory that pending writes hold.
+    fn write_through(self: &Arc<Self>, cid: ContentId, chunks: Vec<(ChunkId, Arc<[u8]>)>) {
+        if !self.cache.has_disk() || chunks.is_empty() {
+            return;
+        }
+        let bytes: u64 = chunks.iter().map(|(_, d)| d.len() as u64).sum();
+        let write = move |this: &Self| {
+            for (id, data) in &chunks {
+                if let Err(error) = this.cache.write_through(id, data) {
+                    tracing::warn!(%error, "could not cache a chunk");
+                }
+            }
+            // The whole-file check failed meanwhile and dropped the file's chunks: what was
+            // written after that goes too. (Chunks of content replaced meanwhile may stay: no
+            // content id is reused, so they are never served, and the disk LRU evicts them.)
+            if this.reads.bad.lock().contains(&cid) {
+                this.cache.invalidate(&cid);
+            }
+        };
+        let backlog = &self.reads.disk_backlog;
+        if backlog.fetch_add(bytes, Ordering::AcqRel) + bytes > MAX_DISK_BACKLOG {
+            backlog.fetch_sub(bytes, Ordering::AcqRel);
+            write(self);
+            return;
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            write(&this);
+            this.reads.disk_backlog.fetch_sub(bytes, Ordering::AcqRel);
+        });
     }
 }

@@ -173,7 +173,8 @@ impl Writeback {
     /// [`Writeback::enqueue`] of a file's new version that also drops its older queued
     /// versions (`superseded`): uploading them would only be overwritten. The new entry is
     /// written before the old ones are removed, in the same flush, so a crash keeps at least
-    /// the newest acknowledged version. The old staging files are deleted.
+    /// the newest acknowledged version. The old staging files are left to the caller to delete
+    /// (a running upload may still read one; unlinking a large file takes a while).
     pub fn enqueue_superseding(
         &self,
         file: &File,
@@ -189,9 +190,6 @@ impl Writeback {
             self.forget(old)?;
         }
         self.journal.flush()?;
-        for &old in superseded {
-            self.discard(old);
-        }
         Ok(())
     }
 

@@ -108,7 +108,7 @@ pub async fn ingest(ctx: &FCtx<'_>, query: Option<&str>, body: Bytes) -> FResult
     }
     let id = blob_id(&uuid, index);
     let len = body.len() as u64;
-    state.blobs.write_temp(&id, 0, body).await?;
+    state.blobs.write_temp(&id, 0, vec![body]).await?;
     state.blobs.seal_temp(&id, len).await?;
     state.blobs.publish(&id).await?;
     let _guard = state.store.lock().await;
