@@ -111,6 +111,10 @@ fn a_sigkill_keeps_closed_new_files_under_their_last_name_and_drops_unclosed_one
     let mut f = MountFixture::new();
     let data = pattern(70_000, 9);
     fs::write(f.path("save.tmp"), &data).unwrap();
+    // What rsync does after the close: mode, times, then the final name. The journal keeps
+    // each change without syncing it, and a SIGKILL right after loses none of them.
+    fs::set_permissions(f.path("save.tmp"), fs::Permissions::from_mode(0o604)).unwrap();
+    set_mtime(&f.path("save.tmp"), 1_100_000_000, 123_456_789);
     fs::rename(f.path("save.tmp"), f.path("document.txt")).unwrap();
     // Created, written, never closed when the daemon dies: unacknowledged.
     let mut open = fs::File::create(f.path("half-written")).unwrap();
@@ -119,6 +123,12 @@ fn a_sigkill_keeps_closed_new_files_under_their_last_name_and_drops_unclosed_one
     drop(open);
     f.mount();
     assert_eq!(fs::read(f.path("document.txt")).unwrap(), data);
+    let meta = fs::metadata(f.path("document.txt")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o604);
+    assert_eq!(
+        (meta.mtime(), meta.mtime_nsec()),
+        (1_100_000_000, 123_456_789)
+    );
     assert!(!f.path("save.tmp").exists());
     assert!(
         !f.path("half-written").exists(),
@@ -129,6 +139,10 @@ fn a_sigkill_keeps_closed_new_files_under_their_last_name_and_drops_unclosed_one
     let nodes = listing(&f);
     let names: Vec<&str> = nodes.keys().map(String::as_str).collect();
     assert_eq!(names, ["document.txt"]);
+    assert_eq!(
+        nodes["document.txt"].attributes["vm"],
+        serde_json::json!(0o604)
+    );
     fs::remove_dir_all(f.cache_dir().join("blocks")).ok();
     f.mount();
     assert_eq!(fs::read(f.path("document.txt")).unwrap(), data);

@@ -426,7 +426,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
             reply_empty(
                 "fsync",
                 reply,
-                tokio::task::block_in_place(|| vfs.flush(fh.0)),
+                tokio::task::block_in_place(|| vfs.fsync(fh.0)),
             );
         });
     }

@@ -358,12 +358,20 @@ impl<R: Remote> Vfs<R> {
         Ok(changed)
     }
 
-    /// `flush` (each `close()`) and `fsync`: queue what was written, durably.
+    /// `flush` (each `close()`): queue what was written, durably.
     pub fn flush(&self, fh: u64) -> Result<()> {
         let h = self.handle(fh)?;
         if h.writable {
             self.queue(h.ino)?;
         }
+        Ok(())
+    }
+
+    /// `fsync`: as `flush`, and the metadata changes of queued files (renames, modes, times,
+    /// which the journal holds without syncing each) reach the disk too.
+    pub fn fsync(&self, fh: u64) -> Result<()> {
+        self.flush(fh)?;
+        self.wb.sync()?;
         Ok(())
     }
 
@@ -501,13 +509,11 @@ impl<R: Remote> Vfs<R> {
         local.unlinked = true;
         local.dirty = false;
         let cancelled = std::mem::take(&mut local.queued);
+        // In the journal when `finish` returns: a deleted file's upload does not come back
+        // after a crash of the daemon.
         for &id in &cancelled {
             self.wb.finish(id)?;
             self.uploads.cancel(id);
-        }
-        if !cancelled.is_empty() {
-            // A deleted file's upload must not come back after a crash.
-            self.wb.sync()?;
         }
         if !open {
             // Open handles keep reading it until the last closes (`last_closed`).

@@ -103,8 +103,11 @@ impl<R: Remote> Vfs<R> {
         Ok(moved)
     }
 
-    /// A local file's queued uploads learn its new name, folder and mode, durably: they are
-    /// what creates it on the server should the tree's last changes be lost in a crash.
+    /// A local file's queued uploads learn its new name, folder and mode: they are what
+    /// creates it on the server should the tree's last changes be lost in a crash. The journal
+    /// has the change when this returns, so a crash of the daemon keeps it; it reaches the
+    /// disk with the journal's next sync (an `fsync`, the next commit of uploads), as a
+    /// rename on a local file system reaches its disk with the next commit.
     fn retarget_queued(&self, node: &Node) -> Result<()> {
         let Some(ino) = self.tree.read().ino_of(node.handle) else {
             return Ok(());
@@ -113,18 +116,13 @@ impl<R: Remote> Vfs<R> {
             Some(local) => local.queued.clone(),
             None => return Ok(()),
         };
-        let mut updated = false;
         for id in queued {
             if let Some(mut e) = self.wb.get(id)? {
                 e.parent = node.parent.map_or(0, |p| p.as_u64());
                 e.name = node.name.clone();
                 e.mode = node.mode;
                 self.wb.update(&e)?;
-                updated = true;
             }
-        }
-        if updated {
-            self.wb.sync()?;
         }
         Ok(())
     }

@@ -16,9 +16,11 @@
 //!
 //! Staging files hold plaintext (the one exception to "nothing plaintext on disk", DESIGN.md),
 //! so they and their directory are private to the user (0600 / 0700) and deleted as soon as
-//! their upload is committed. The journal is a sled tree: one entry per sealed staging file,
-//! written and flushed before `close()`/`fsync()` returns, so an acknowledged write is on disk
-//! and will be uploaded by this mount or the next one.
+//! their upload is committed. The journal (`journal.rs`, an append-only log) holds one entry per
+//! sealed staging file, written and synced with the file's data before `close()`/`fsync()`
+//! returns, so an acknowledged write is on disk and will be uploaded by this mount or the next
+//! one. Later changes to a queued file's name, folder, mode and times are in the journal when
+//! the call returns (a crash of the daemon keeps them) and on the disk at its next sync.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -27,6 +29,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+mod journal;
+use journal::Journal;
 
 #[derive(Debug, Error)]
 pub enum WritebackError {
@@ -71,7 +76,7 @@ pub struct Entry {
 /// The staging directory and the journal of one mount.
 pub struct Writeback {
     dir: PathBuf,
-    journal: sled::Db,
+    journal: Journal,
     next_id: AtomicU64,
 }
 
@@ -88,10 +93,8 @@ impl Writeback {
             .mode(0o700)
             .create(dir.join("staging"))
             .map_err(io)?;
-        let journal = sled::Config::new()
-            .path(dir.join("journal"))
-            .mode(sled::Mode::LowSpace)
-            .open()?;
+        let journal = Journal::open(&dir.join("journal.log"))?;
+        migrate_sled_journal(dir, &journal)?;
         let wb = Writeback {
             dir: dir.to_path_buf(),
             journal,
@@ -171,10 +174,10 @@ impl Writeback {
     }
 
     /// [`Writeback::enqueue`] of a file's new version that also drops its older queued
-    /// versions (`superseded`): uploading them would only be overwritten. The new entry is
-    /// written before the old ones are removed, in the same flush, so a crash keeps at least
-    /// the newest acknowledged version. The old staging files are left to the caller to delete
-    /// (a running upload may still read one; unlinking a large file takes a while).
+    /// versions (`superseded`): uploading them would only be overwritten. The new entry and
+    /// the removals are one write to the journal, so a crash keeps the newest acknowledged
+    /// version. The old staging files are left to the caller to delete (a running upload may
+    /// still read one; unlinking a large file takes a while).
     pub fn enqueue_superseding(
         &self,
         file: &File,
@@ -185,35 +188,20 @@ impl Writeback {
             path: self.path_of(entry.id),
             source,
         })?;
-        self.put(entry)?;
-        for &old in superseded {
-            self.forget(old)?;
-        }
-        self.journal.flush()?;
-        Ok(())
+        self.journal.put(entry, superseded)?;
+        self.journal.sync()
     }
 
-    /// Rewrites a queued entry (its metadata changed before the upload ran).
+    /// Rewrites a queued entry (its metadata changed before the upload ran). In the journal
+    /// when this returns, so it survives a crash of the daemon; on the disk with the next
+    /// [`Writeback::sync`], as a local file system's metadata changes reach its disk with its
+    /// next commit.
     pub fn update(&self, entry: &Entry) -> Result<()> {
-        if self.journal.contains_key(entry.id.to_be_bytes())? {
-            self.put(entry)?;
-        }
-        Ok(())
-    }
-
-    fn put(&self, entry: &Entry) -> Result<()> {
-        let value = serde_json::to_vec(entry).expect("an entry serializes");
-        self.journal.insert(entry.id.to_be_bytes(), value)?;
-        Ok(())
+        self.journal.update(entry)
     }
 
     pub fn get(&self, id: u64) -> Result<Option<Entry>> {
-        let Some(v) = self.journal.get(id.to_be_bytes())? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&v)
-            .map(Some)
-            .map_err(|_| WritebackError::Corrupt(id))
+        Ok(self.journal.get(id))
     }
 
     /// Forgets an upload (committed, or cancelled by an unlink) and deletes its staging file.
@@ -224,17 +212,15 @@ impl Writeback {
     }
 
     /// Removes an upload from the journal, keeping its staging file (still open for writing).
-    /// Reaches the disk with the next [`Writeback::sync`] (or sled's own flush, every half
-    /// second): callers that must not see the entry again after a crash sync.
+    /// Survives a crash of the daemon at once; reaches the disk with the next
+    /// [`Writeback::sync`]: callers that must not see the entry again after a power loss sync.
     pub fn forget(&self, id: u64) -> Result<()> {
-        self.journal.remove(id.to_be_bytes())?;
-        Ok(())
+        self.journal.forget(id)
     }
 
     /// Makes every journal change so far durable.
     pub fn sync(&self) -> Result<()> {
-        self.journal.flush()?;
-        Ok(())
+        self.journal.sync()
     }
 
     /// Deletes a staging file that no entry refers to.
@@ -244,14 +230,33 @@ impl Writeback {
 
     /// Every queued upload, oldest first.
     pub fn pending(&self) -> Result<Vec<Entry>> {
-        let mut out = Vec::new();
-        for kv in self.journal.iter() {
-            let (k, v) = kv?;
-            let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or_default());
-            out.push(serde_json::from_slice(&v).map_err(|_| WritebackError::Corrupt(id))?);
-        }
-        Ok(out)
+        Ok(self.journal.entries())
     }
+}
+
+/// Mounts made before the journal became a log kept it in sled (`journal/`): its entries are
+/// moved into the log, durably, then the sled directory is removed.
+fn migrate_sled_journal(dir: &Path, journal: &Journal) -> Result<()> {
+    let old = dir.join("journal");
+    if !old.is_dir() {
+        return Ok(());
+    }
+    let db = sled::Config::new().path(&old).open()?;
+    let mut moved = 0;
+    for kv in db.iter() {
+        let (k, v) = kv?;
+        let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or_default());
+        let entry: Entry = serde_json::from_slice(&v).map_err(|_| WritebackError::Corrupt(id))?;
+        journal.put(&entry, &[])?;
+        moved += 1;
+    }
+    journal.sync()?;
+    drop(db);
+    std::fs::remove_dir_all(&old).map_err(|source| WritebackError::Io { path: old, source })?;
+    if moved > 0 {
+        tracing::info!(moved, "moved queued uploads from the old journal format");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -299,5 +304,31 @@ mod tests {
         wb.finish(kept).unwrap();
         assert!(wb.pending().unwrap().is_empty());
         assert!(!wb.path_of(kept).exists());
+    }
+
+    #[test]
+    fn a_journal_in_the_old_sled_format_is_moved_into_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("staging")).unwrap();
+        std::fs::write(dir.path().join("staging").join("9"), b"abc").unwrap();
+        {
+            let db = sled::Config::new()
+                .path(dir.path().join("journal"))
+                .open()
+                .unwrap();
+            db.insert(9u64.to_be_bytes(), serde_json::to_vec(&entry(9)).unwrap())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let wb = Writeback::open(dir.path()).unwrap();
+        assert_eq!(wb.pending().unwrap(), vec![entry(9)]);
+        assert_eq!(std::fs::read(wb.path_of(9)).unwrap(), b"abc");
+        assert!(!dir.path().join("journal").exists());
+        drop(wb);
+        // And it stays in the log.
+        let wb = Writeback::open(dir.path()).unwrap();
+        assert_eq!(wb.pending().unwrap(), vec![entry(9)]);
+        let (next, _) = wb.create().unwrap();
+        assert!(next > 9);
     }
 }
