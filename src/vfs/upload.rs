@@ -113,7 +113,7 @@ impl<R: Remote> Vfs<R> {
         for entry in &pending {
             let target = Handle::from_u64(entry.target);
             let mut ino = self.tree.read().ino_of(target);
-            if ino.is_none() && target.is_local() {
+            if target.is_local() {
                 ino = self.restore_local_node(entry)?;
             }
             if let Some(ino) = ino {
@@ -166,8 +166,11 @@ impl<R: Remote> Vfs<R> {
     }
 
     /// A file created here, closed, then the daemon killed before the tree's last changes
-    /// reached the disk: the journal knows its folder, name and mode, so it is shown again at
-    /// once (its content is local) rather than only after its upload.
+    /// reached the disk: the journal knows its folder, name, mode and time, so it is shown
+    /// again at once (its content is local) rather than only after its upload. The journal is
+    /// the newer of the two for such a file — each change to it is written there when the
+    /// call returns, while the tree's store writes out a moment later — so its metadata wins
+    /// even when the tree still has the node (under the name it had before a rename).
     fn restore_local_node(&self, entry: &Entry) -> Result<Option<u64>> {
         let parent = {
             let tree = self.tree.read();
