@@ -454,7 +454,7 @@ impl<R: Remote> Vfs<R> {
         // first; the new version then replaces it (`retire` retargets it).
         let superseded = std::mem::take(&mut local.queued);
         self.wb
-            .enqueue_superseding(&local.file, &entry, &superseded)
+            .enqueue(&local.file, &entry, &superseded)
             .inspect_err(|_| local.queued.clone_from(&superseded))?;
         local.sealed = true;
         local.dirty = false;

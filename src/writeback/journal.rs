@@ -228,15 +228,6 @@ fn rewrite(path: &Path, entries: &BTreeMap<u64, Entry>) -> Result<File> {
         .map_err(|e| io(path, e))
 }
 
-/// Reads a whole file, for the tests.
-#[cfg(test)]
-fn read_all(path: &Path) -> Vec<u8> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    File::open(path).unwrap().read_to_end(&mut bytes).unwrap();
-    bytes
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,7 +257,7 @@ mod tests {
             .update(&entry(2, "forgotten: no entry comes back"))
             .unwrap();
         // What another process (the next mount after a SIGKILL) reads: no sync was asked for.
-        let replayed = replay(&read_all(&path));
+        let replayed = replay(&std::fs::read(&path).unwrap());
         let names: Vec<_> = replayed.values().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["renamed", "c"]);
         assert_eq!(
@@ -284,7 +275,7 @@ mod tests {
             journal.put(&entry(1, "a"), &[]).unwrap();
             journal.put(&entry(2, "b"), &[]).unwrap();
         }
-        let whole = read_all(&path);
+        let whole = std::fs::read(&path).unwrap();
         for cut in [whole.len() - 1, whole.len() - 20, whole.len() / 2 + 3] {
             std::fs::write(&path, &whole[..cut]).unwrap();
             let journal = Journal::open(&path).unwrap();
@@ -300,7 +291,7 @@ mod tests {
         // Reopening compacted the log: what follows is appended after valid records only.
         journal.put(&entry(4, "d"), &[]).unwrap();
         drop(journal);
-        let ids: Vec<_> = replay(&read_all(&path)).into_keys().collect();
+        let ids: Vec<_> = replay(&std::fs::read(&path).unwrap()).into_keys().collect();
         assert_eq!(ids, [1, 4]);
     }
 
@@ -316,7 +307,9 @@ mod tests {
         }
         let len = std::fs::metadata(&path).unwrap().len();
         assert!(len < 200_000, "the log was not compacted: {len} bytes");
-        let replayed: Vec<_> = replay(&read_all(&path)).into_values().collect();
+        let replayed: Vec<_> = replay(&std::fs::read(&path).unwrap())
+            .into_values()
+            .collect();
         assert_eq!(replayed, [entry(1, "kept")]);
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(&path).unwrap().permissions(),

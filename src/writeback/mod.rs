@@ -168,22 +168,12 @@ impl Writeback {
     }
 
     /// Seals a staging file into the journal: its data and the entry reach the disk before this
-    /// returns, which is what lets `close()` and `fsync()` report success.
-    pub fn enqueue(&self, file: &File, entry: &Entry) -> Result<()> {
-        self.enqueue_superseding(file, entry, &[])
-    }
-
-    /// [`Writeback::enqueue`] of a file's new version that also drops its older queued
-    /// versions (`superseded`): uploading them would only be overwritten. The new entry and
-    /// the removals are one write to the journal, so a crash keeps the newest acknowledged
-    /// version. The old staging files are left to the caller to delete (a running upload may
-    /// still read one; unlinking a large file takes a while).
-    pub fn enqueue_superseding(
-        &self,
-        file: &File,
-        entry: &Entry,
-        superseded: &[u64],
-    ) -> Result<()> {
+    /// returns, which is what lets `close()` and `fsync()` report success. The file's older
+    /// queued versions (`superseded`) are forgotten in the same write to the journal (uploading
+    /// them would only be overwritten), so a crash keeps the newest acknowledged version. Their
+    /// staging files are left to the caller to delete (a running upload may still read one;
+    /// unlinking a large file takes a while).
+    pub fn enqueue(&self, file: &File, entry: &Entry, superseded: &[u64]) -> Result<()> {
         file.sync_data().map_err(|source| WritebackError::Io {
             path: self.path_of(entry.id),
             source,
@@ -284,7 +274,7 @@ mod tests {
             let wb = Writeback::open(dir.path()).unwrap();
             let (kept, mut f) = wb.create().unwrap();
             f.write_all(b"abc").unwrap();
-            wb.enqueue(&f, &entry(kept)).unwrap();
+            wb.enqueue(&f, &entry(kept), &[]).unwrap();
             let (unqueued, _) = wb.create().unwrap();
             let mode = std::fs::metadata(wb.path_of(kept))
                 .unwrap()
