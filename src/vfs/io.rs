@@ -462,7 +462,7 @@ impl<R: Remote> Vfs<R> {
         drop(files);
         for id in superseded {
             self.uploads.cancel(id);
-            self.discard_later(id);
+            self.wb.discard(id);
         }
         self.uploads.submit(entry.id, entry.size);
         Ok(())

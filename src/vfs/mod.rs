@@ -23,7 +23,6 @@ mod sync;
 mod upload;
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -35,7 +34,7 @@ pub use error::{Result, VfsError};
 use crate::cache::BlockCache;
 use crate::remote::{Meta, Quota, Remote};
 use crate::tree::{self, Attr, Change, Handle, Invalidation, Node, NodeKind, ROOT_INO, Tree};
-use crate::writeback::Writeback;
+use crate::writeback::{Staged, Writeback};
 
 /// How a node is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +119,7 @@ pub struct Status {
 struct LocalFile {
     /// The staging file writes go to.
     id: u64,
-    file: Arc<File>,
+    file: Arc<Staged>,
     size: u64,
     mtime_ns: i64,
     /// Open handles that may write.
@@ -487,7 +486,7 @@ impl<R: Remote> Vfs<R> {
         let (p, meta) = self.new_entry(parent, name, None, Some(target))?;
         // The link's content is its target, so other MEGA clients see a small file holding it.
         let (id, file) = self.wb.create()?;
-        let result = match std::os::unix::fs::FileExt::write_all_at(&file, target.as_bytes(), 0) {
+        let result = match std::os::unix::fs::FileExt::write_all_at(&*file, target.as_bytes(), 0) {
             Ok(()) => self.upload_new(&p, &meta, id).await,
             Err(e) => Err(e.into()),
         };

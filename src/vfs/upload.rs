@@ -260,6 +260,11 @@ impl<R: Remote> Vfs<R> {
                 .or_else(|| tree.node(ROOT_INO))
                 .ok_or(VfsError::NotFound)?
         };
+        // Held while the backend reads it by its path: a discarded staging file is reused
+        // (writeback/staging.rs). Discarded already: the upload was cancelled meanwhile.
+        let Ok(_hold) = self.wb.hold(id) else {
+            return Ok(Outcome::Dropped);
+        };
         let upload = self
             .remote
             .upload_content(&self.wb.path_of(id), entry.mtime_ns, &hint)
@@ -464,30 +469,13 @@ impl<R: Remote> Vfs<R> {
             if local.writers == 0 && local.queued.is_empty() && !local.dirty {
                 let current = local.id;
                 files.remove(&holder);
-                self.discard_later(current);
+                self.wb.discard(current);
                 keep_file = false;
             }
         }
         if !keep_file {
-            self.discard_later(id);
+            self.wb.discard(id);
         }
         Ok(())
-    }
-
-    /// Deletes a staging file nothing refers to any more, on the blocking pool. Unlinking a
-    /// large file takes a while (ext4 frees every extent, 0.8 s for 1 GiB on the benchmark
-    /// VM), and retiring runs under the namespace lock and the files lock, ahead of the
-    /// upload's outcome. Nothing depends on the file being gone: staging ids are never
-    /// reused, and one left by a crash has no journal entry, so the next mount removes it.
-    pub(super) fn discard_later(&self, id: u64) {
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                let path = self.wb.path_of(id);
-                rt.spawn_blocking(move || {
-                    let _ = std::fs::remove_file(path);
-                });
-            }
-            Err(_) => self.wb.discard(id),
-        }
     }
 }

@@ -9,25 +9,39 @@
 //! everything so far survive a power loss too, and runs where that is promised: `close()` and
 //! `fsync()` of a written file, and after uploads are committed.
 //!
+//! A small file's content travels in its record (`sealed`): `close()` then waits for one sync,
+//! the log's, instead of two (its staging file's and the log's), and the staging file's own
+//! blocks and metadata reach the disk whenever the kernel writes them out. The log keeps that
+//! content until the staging file is known to be on the disk: before a compaction drops it,
+//! the staging files it covers are synced; at open, it is written back into them (a power loss
+//! may have lost their unsynced pages). As it holds plaintext, like the staging files, the log
+//! is also rewritten as soon as no queued file's content depends on it (uploads caught up).
+//!
 //! On-disk format of `journal.log`, a sequence of records:
 //!
 //! ```text
 //!   u32 LE  length of the payload
 //!   u32 LE  CRC-32 (IEEE) of the payload
-//!   payload JSON: {"put": Entry} (a queued upload, new or changed) or {"forget": id}
+//!   payload JSON: {"put": Entry} (a queued upload, new or changed),
+//!                 {"sealed": {"entry": Entry, "data": base64}} (a queued upload and its whole
+//!                 content, for files up to `INLINE_MAX` bytes), or {"forget": id}
 //! ```
+//!
+//! A `put` of an id whose content came `sealed` changes its metadata only: the content stays.
 //!
 //! Replay stops at the first record that is cut short or fails its CRC (a write torn by a
 //! crash: every record before it had returned, the torn one had not). The log is compacted —
 //! the live entries written to `journal.log.new`, synced, renamed over it — when it is opened
 //! and whenever it holds many more records than live entries.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -39,15 +53,24 @@ const COMPACT_AFTER: usize = 4096;
 /// A record too long to be ours: the rest of the log is treated as torn.
 const MAX_RECORD: usize = 1 << 20;
 
+/// Files up to this size travel in their record (see the module's doc).
+pub const INLINE_MAX: u64 = 64 * 1024;
+
+/// Content bytes in the log beyond which it is compacted (its staging files synced first).
+const COMPACT_INLINE_BYTES: u64 = 16 * 1024 * 1024;
+
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Record {
     Put(Entry),
+    Sealed { entry: Entry, data: String },
     Forget(u64),
 }
 
 pub struct Journal {
     path: PathBuf,
+    /// Where the staging files of the entries are (`<staging>/<id>`).
+    staging: PathBuf,
     state: Mutex<State>,
 }
 
@@ -56,36 +79,62 @@ struct State {
     entries: BTreeMap<u64, Entry>,
     /// Records in the log file, live or not.
     records: usize,
+    /// Live entries whose content is in the log and whose staging file may not be on the disk.
+    inline: BTreeSet<u64>,
+    /// Content bytes in the log.
+    inline_bytes: u64,
 }
 
 impl Journal {
-    /// Opens the log at `path` (creating it), replays it and compacts it.
-    pub fn open(path: &Path) -> Result<Self> {
-        let entries = match std::fs::read(path) {
+    /// Opens the log at `path` (creating it), replays it, writes the contents it holds back
+    /// into their staging files under `staging`, durably, and compacts it.
+    pub fn open(path: &Path, staging: &Path) -> Result<Self> {
+        let (entries, contents) = match std::fs::read(path) {
             Ok(bytes) => replay(&bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
             Err(source) => return Err(io(path, source)),
         };
-        let log = rewrite(path, &entries)?;
+        for (id, data) in &contents {
+            restore(&staging.join(id.to_string()), data)?;
+        }
+        if !contents.is_empty() {
+            sync_dir(staging)?;
+        }
+        let log = rewrite(path, &entries, &BTreeMap::new())?;
         Ok(Journal {
             path: path.to_path_buf(),
+            staging: staging.to_path_buf(),
             state: Mutex::new(State {
                 log,
                 records: entries.len(),
                 entries,
+                inline: BTreeSet::new(),
+                inline_bytes: 0,
             }),
         })
     }
 
-    /// Adds or replaces the entry of upload `entry.id`, then forgets `forgotten`; one write.
-    pub fn put(&self, entry: &Entry, forgotten: &[u64]) -> Result<()> {
-        let mut records = vec![Record::Put(entry.clone())];
+    /// Adds or replaces the entry of upload `entry.id`, with its whole content when `data` is
+    /// given, then forgets `forgotten`; one write.
+    pub fn put(&self, entry: &Entry, data: Option<&[u8]>, forgotten: &[u64]) -> Result<()> {
+        let mut records = vec![match data {
+            Some(data) => Record::Sealed {
+                entry: entry.clone(),
+                data: B64.encode(data),
+            },
+            None => Record::Put(entry.clone()),
+        }];
         records.extend(forgotten.iter().map(|&id| Record::Forget(id)));
         let mut state = self.state.lock();
         self.append(&mut state, &records)?;
         state.entries.insert(entry.id, entry.clone());
+        if let Some(data) = data {
+            state.inline.insert(entry.id);
+            state.inline_bytes += data.len() as u64;
+        }
         for id in forgotten {
             state.entries.remove(id);
+            state.inline.remove(id);
         }
         self.maybe_compact(&mut state)
     }
@@ -108,6 +157,7 @@ impl Journal {
         }
         self.append(&mut state, &[Record::Forget(id)])?;
         state.entries.remove(&id);
+        state.inline.remove(&id);
         self.maybe_compact(&mut state)
     }
 
@@ -144,12 +194,62 @@ impl Journal {
     }
 
     fn maybe_compact(&self, state: &mut State) -> Result<()> {
-        if state.records > COMPACT_AFTER && state.records > 4 * state.entries.len() {
-            state.log = rewrite(&self.path, &state.entries)?;
-            state.records = state.entries.len();
+        let many = state.records > COMPACT_AFTER && state.records > 4 * state.entries.len();
+        // Content of files already uploaded has no business staying on the disk (it holds
+        // plaintext): once no queued file's content depends on the log, the log is rewritten.
+        let stale_content = state.inline_bytes > 0 && state.inline.is_empty();
+        if !many && !stale_content && state.inline_bytes <= COMPACT_INLINE_BYTES {
+            return Ok(());
         }
+        // The rewritten log holds no content where the staging file holds it, on the disk.
+        // A content whose staging file cannot be synced (gone?) is carried over instead, read
+        // from the log itself: the next open writes it back.
+        let mut failed = Vec::new();
+        for &id in &state.inline {
+            let path = self.staging.join(id.to_string());
+            if let Err(error) = File::open(&path).and_then(|f| f.sync_data()) {
+                tracing::warn!(%error, id, "staging file unsynced: its content stays in the log");
+                failed.push(id);
+            }
+        }
+        if !state.inline.is_empty() {
+            // Their names too: a staging file may have been renamed from the free ones.
+            sync_dir(&self.staging)?;
+        }
+        let mut carried = BTreeMap::new();
+        if !failed.is_empty() {
+            let bytes = std::fs::read(&self.path).map_err(|e| io(&self.path, e))?;
+            let (_, mut contents) = replay(&bytes);
+            for id in failed {
+                carried.extend(contents.remove_entry(&id));
+            }
+        }
+        state.log = rewrite(&self.path, &state.entries, &carried)?;
+        state.records = state.entries.len();
+        state.inline = carried.keys().copied().collect();
+        state.inline_bytes = carried.values().map(|d| d.len() as u64).sum();
         Ok(())
     }
+}
+
+/// Writes `data` as the whole content of the staging file at `path`, durably.
+fn restore(path: &Path, data: &[u8]) -> Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io(path, e))?;
+    file.write_all(data)
+        .and_then(|()| file.sync_data())
+        .map_err(|e| io(path, e))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io(dir, e))
 }
 
 fn io(path: &Path, source: std::io::Error) -> WritebackError {
@@ -166,9 +266,11 @@ fn encode(buf: &mut Vec<u8>, record: &Record) {
     buf.extend_from_slice(&payload);
 }
 
-/// The entries a log holds, up to its first torn or corrupt record.
-fn replay(mut bytes: &[u8]) -> BTreeMap<u64, Entry> {
+/// What a log holds, up to its first torn or corrupt record: the live entries, and the
+/// contents that came in `sealed` records of live entries.
+fn replay(mut bytes: &[u8]) -> (BTreeMap<u64, Entry>, BTreeMap<u64, Vec<u8>>) {
     let mut entries = BTreeMap::new();
+    let mut contents = BTreeMap::new();
     while bytes.len() >= 8 {
         let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
@@ -183,8 +285,14 @@ fn replay(mut bytes: &[u8]) -> BTreeMap<u64, Entry> {
             Ok(Record::Put(entry)) => {
                 entries.insert(entry.id, entry);
             }
+            Ok(Record::Sealed { entry, data }) => {
+                let Ok(data) = B64.decode(data) else { break };
+                contents.insert(entry.id, data);
+                entries.insert(entry.id, entry);
+            }
             Ok(Record::Forget(id)) => {
                 entries.remove(&id);
+                contents.remove(&id);
             }
             Err(_) => break,
         }
@@ -196,16 +304,27 @@ fn replay(mut bytes: &[u8]) -> BTreeMap<u64, Entry> {
             "the upload journal ends in a torn record (a crash mid-write); ignored"
         );
     }
-    entries
+    (entries, contents)
 }
 
-/// Replaces the log at `path` with one holding just `entries`, durably, and opens it for
-/// appending.
-fn rewrite(path: &Path, entries: &BTreeMap<u64, Entry>) -> Result<File> {
+/// Replaces the log at `path` with one holding just `entries` (with their content for those
+/// in `contents`), durably, and opens it for appending.
+fn rewrite(
+    path: &Path,
+    entries: &BTreeMap<u64, Entry>,
+    contents: &BTreeMap<u64, Vec<u8>>,
+) -> Result<File> {
     let new = path.with_extension("log.new");
     let mut buf = Vec::new();
     for entry in entries.values() {
-        encode(&mut buf, &Record::Put(entry.clone()));
+        let record = match contents.get(&entry.id) {
+            Some(data) => Record::Sealed {
+                entry: entry.clone(),
+                data: B64.encode(data),
+            },
+            None => Record::Put(entry.clone()),
+        };
+        encode(&mut buf, &record);
     }
     let mut file = OpenOptions::new()
         .write(true)
@@ -218,9 +337,7 @@ fn rewrite(path: &Path, entries: &BTreeMap<u64, Entry>) -> Result<File> {
     file.sync_data().map_err(|e| io(&new, e))?;
     std::fs::rename(&new, path).map_err(|e| io(path, e))?;
     if let Some(dir) = path.parent() {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io(dir, e))?;
+        sync_dir(dir)?;
     }
     OpenOptions::new()
         .append(true)
@@ -248,16 +365,16 @@ mod tests {
     fn changes_are_in_the_log_when_the_call_returns_without_a_sync() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.log");
-        let journal = Journal::open(&path).unwrap();
-        journal.put(&entry(1, "a"), &[]).unwrap();
-        journal.put(&entry(2, "b"), &[]).unwrap();
+        let journal = Journal::open(&path, dir.path()).unwrap();
+        journal.put(&entry(1, "a"), None, &[]).unwrap();
+        journal.put(&entry(2, "b"), None, &[]).unwrap();
         journal.update(&entry(1, "renamed")).unwrap();
-        journal.put(&entry(3, "c"), &[2]).unwrap();
+        journal.put(&entry(3, "c"), None, &[2]).unwrap();
         journal
             .update(&entry(2, "forgotten: no entry comes back"))
             .unwrap();
         // What another process (the next mount after a SIGKILL) reads: no sync was asked for.
-        let replayed = replay(&std::fs::read(&path).unwrap());
+        let (replayed, _) = replay(&std::fs::read(&path).unwrap());
         let names: Vec<_> = replayed.values().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["renamed", "c"]);
         assert_eq!(
@@ -271,14 +388,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.log");
         {
-            let journal = Journal::open(&path).unwrap();
-            journal.put(&entry(1, "a"), &[]).unwrap();
-            journal.put(&entry(2, "b"), &[]).unwrap();
+            let journal = Journal::open(&path, dir.path()).unwrap();
+            journal.put(&entry(1, "a"), None, &[]).unwrap();
+            journal.put(&entry(2, "b"), None, &[]).unwrap();
         }
         let whole = std::fs::read(&path).unwrap();
         for cut in [whole.len() - 1, whole.len() - 20, whole.len() / 2 + 3] {
             std::fs::write(&path, &whole[..cut]).unwrap();
-            let journal = Journal::open(&path).unwrap();
+            let journal = Journal::open(&path, dir.path()).unwrap();
             let ids: Vec<_> = journal.entries().iter().map(|e| e.id).collect();
             assert_eq!(ids, [1], "cut at {cut}");
         }
@@ -286,12 +403,15 @@ mod tests {
         let last = flipped.len() - 2;
         flipped[last] ^= 0x40;
         std::fs::write(&path, &flipped).unwrap();
-        let journal = Journal::open(&path).unwrap();
+        let journal = Journal::open(&path, dir.path()).unwrap();
         assert_eq!(journal.entries(), [entry(1, "a")]);
         // Reopening compacted the log: what follows is appended after valid records only.
-        journal.put(&entry(4, "d"), &[]).unwrap();
+        journal.put(&entry(4, "d"), None, &[]).unwrap();
         drop(journal);
-        let ids: Vec<_> = replay(&std::fs::read(&path).unwrap()).into_keys().collect();
+        let ids: Vec<_> = replay(&std::fs::read(&path).unwrap())
+            .0
+            .into_keys()
+            .collect();
         assert_eq!(ids, [1, 4]);
     }
 
@@ -299,15 +419,16 @@ mod tests {
     fn a_long_log_is_compacted_and_keeps_its_entries() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.log");
-        let journal = Journal::open(&path).unwrap();
-        journal.put(&entry(1, "kept"), &[]).unwrap();
+        let journal = Journal::open(&path, dir.path()).unwrap();
+        journal.put(&entry(1, "kept"), None, &[]).unwrap();
         for id in 2..3000 {
-            journal.put(&entry(id, "passing"), &[]).unwrap();
+            journal.put(&entry(id, "passing"), None, &[]).unwrap();
             journal.forget(id).unwrap();
         }
         let len = std::fs::metadata(&path).unwrap().len();
         assert!(len < 200_000, "the log was not compacted: {len} bytes");
         let replayed: Vec<_> = replay(&std::fs::read(&path).unwrap())
+            .0
             .into_values()
             .collect();
         assert_eq!(replayed, [entry(1, "kept")]);
@@ -315,5 +436,101 @@ mod tests {
             &std::fs::metadata(&path).unwrap().permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_sealed_content_is_written_back_at_open_and_survives_a_metadata_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.log");
+        let staged = dir.path().join("1");
+        {
+            let journal = Journal::open(&path, dir.path()).unwrap();
+            std::fs::write(&staged, b"abc").unwrap();
+            journal.put(&entry(1, "a"), Some(b"abc"), &[]).unwrap();
+            journal.update(&entry(1, "renamed")).unwrap();
+            std::fs::write(dir.path().join("2"), b"xyz").unwrap();
+            journal.put(&entry(2, "b"), Some(b"xyz"), &[]).unwrap();
+            journal.forget(2).unwrap();
+        }
+        // A power loss took the staging file's unsynced pages.
+        std::fs::write(&staged, b"").unwrap();
+        let journal = Journal::open(&path, dir.path()).unwrap();
+        assert_eq!(std::fs::read(&staged).unwrap(), b"abc");
+        assert_eq!(journal.entries(), [entry(1, "renamed")]);
+        assert_eq!(
+            std::fs::read(dir.path().join("2")).unwrap(),
+            b"xyz",
+            "a forgotten entry's content is not written back"
+        );
+        // Reopening compacted the log; the staging file holds the content now.
+        drop(journal);
+        let (_, contents) = replay(&std::fs::read(&path).unwrap());
+        assert!(contents.is_empty());
+    }
+
+    #[test]
+    fn content_leaves_the_log_once_no_queued_file_depends_on_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.log");
+        let journal = Journal::open(&path, dir.path()).unwrap();
+        for id in 1..=2 {
+            std::fs::write(dir.path().join(id.to_string()), b"plain").unwrap();
+            journal.put(&entry(id, "f"), Some(b"plain"), &[]).unwrap();
+        }
+        journal.put(&entry(3, "big"), None, &[]).unwrap();
+        journal.forget(1).unwrap();
+        let log = std::fs::read(&path).unwrap();
+        assert_eq!(replay(&log).1.len(), 1, "entry 2 still depends on the log");
+        journal.forget(2).unwrap();
+        let log = std::fs::read(&path).unwrap();
+        let needle = B64.encode(b"plain");
+        assert!(
+            !log.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "uploaded content still in the log"
+        );
+        assert_eq!(replay(&log).0.keys().copied().collect::<Vec<_>>(), [3]);
+    }
+
+    #[test]
+    fn compaction_syncs_the_staging_files_before_dropping_their_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.log");
+        let journal = Journal::open(&path, dir.path()).unwrap();
+        let data = vec![7u8; INLINE_MAX as usize];
+        let kept = 1000;
+        std::fs::write(dir.path().join(kept.to_string()), &data).unwrap();
+        journal.put(&entry(kept, "kept"), Some(&data), &[]).unwrap();
+        for id in 1..400 {
+            std::fs::write(dir.path().join(id.to_string()), &data).unwrap();
+            journal
+                .put(&entry(id, "passing"), Some(&data), &[])
+                .unwrap();
+            journal.forget(id).unwrap();
+        }
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert!(
+            len < COMPACT_INLINE_BYTES * 2,
+            "the log was not compacted: {len} bytes"
+        );
+        let (entries, contents) = replay(&std::fs::read(&path).unwrap());
+        assert!(entries.contains_key(&kept));
+        assert!(!contents.contains_key(&kept), "compacted without content");
+        // A staging file missing at compaction: its content stays in the log, and the next
+        // open writes it back.
+        std::fs::remove_file(dir.path().join("5")).unwrap();
+        journal.put(&entry(5, "gone"), Some(b"five"), &[]).unwrap();
+        for id in 2000..2400 {
+            std::fs::write(dir.path().join(id.to_string()), &data).unwrap();
+            journal
+                .put(&entry(id, "passing"), Some(&data), &[])
+                .unwrap();
+            journal.forget(id).unwrap();
+        }
+        let (entries, contents) = replay(&std::fs::read(&path).unwrap());
+        assert!(entries.len() == 2 && entries.contains_key(&5));
+        assert_eq!(contents.keys().copied().collect::<Vec<_>>(), [5]);
+        drop(journal);
+        Journal::open(&path, dir.path()).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("5")).unwrap(), b"five");
     }
 }

@@ -8,30 +8,34 @@
 //!   clean ──open for write──▶ open (staging file, writers > 0)
 //!   open ──last close / fsync──▶ queued   (staging file sealed, journal entry written, fsynced)
 //!   queued ──write-back delay, worker──▶ uploading ──node committed (in a batch)──▶ clean
-//!                                        (entry and staging file removed)
+//!                                        (entry forgotten, staging file emptied for reuse)
 //!   queued/uploading ──open for write──▶ open again on a *copy* of the sealed file, so the
 //!                                        upload in flight never sees a half-written state
 //!   uploading ──server down──▶ queued (retried with backoff; the write is never dropped)
 //! ```
 //!
 //! Staging files hold plaintext (the one exception to "nothing plaintext on disk", DESIGN.md),
-//! so they and their directory are private to the user (0600 / 0700) and deleted as soon as
+//! so they and their directory are private to the user (0600 / 0700) and emptied as soon as
 //! their upload is committed. The journal (`journal.rs`, an append-only log) holds one entry per
 //! sealed staging file, written and synced with the file's data before `close()`/`fsync()`
 //! returns, so an acknowledged write is on disk and will be uploaded by this mount or the next
 //! one. Later changes to a queued file's name, folder, mode and times are in the journal when
 //! the call returns (a crash of the daemon keeps them) and on the disk at its next sync.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::collections::HashSet;
+use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 mod journal;
+mod staging;
 use journal::Journal;
+use staging::Pool;
+pub use staging::{Hold, Staged};
 
 #[derive(Debug, Error)]
 pub enum WritebackError {
@@ -75,8 +79,8 @@ pub struct Entry {
 
 /// The staging directory and the journal of one mount.
 pub struct Writeback {
-    dir: PathBuf,
-    journal: Journal,
+    staging: Pool,
+    journal: Arc<Journal>,
     next_id: AtomicU64,
 }
 
@@ -88,28 +92,39 @@ impl Writeback {
             path: dir.to_path_buf(),
             source,
         };
+        let staging_dir = dir.join("staging");
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(dir.join("staging"))
+            .create(&staging_dir)
             .map_err(io)?;
-        let journal = Journal::open(&dir.join("journal.log"))?;
+        let journal = Arc::new(Journal::open(&dir.join("journal.log"), &staging_dir)?);
         migrate_sled_journal(dir, &journal)?;
+        // A discarded staging file is emptied only once the journal's `forget` of it is on the
+        // disk: after a power loss, an entry that came back must find its content.
+        let synced = journal.clone();
+        let staging = Pool::open(&staging_dir, move || {
+            synced.sync().map_err(std::io::Error::other)
+        })
+        .map_err(io)?;
         let wb = Writeback {
-            dir: dir.to_path_buf(),
+            staging,
             journal,
             next_id: AtomicU64::new(0),
         };
-        let pending = wb.pending()?;
-        let mut max = pending.iter().map(|e| e.id).max().unwrap_or(0);
-        for entry in std::fs::read_dir(dir.join("staging")).map_err(io)? {
+        let pending: HashSet<u64> = wb.pending()?.iter().map(|e| e.id).collect();
+        let mut max = pending.iter().copied().max().unwrap_or(0);
+        for entry in std::fs::read_dir(&staging_dir).map_err(io)? {
             let entry = entry.map_err(io)?;
+            if entry.file_name() == "free" {
+                continue;
+            }
             let id = entry
                 .file_name()
                 .to_str()
                 .and_then(|s| s.parse::<u64>().ok());
             match id {
-                Some(id) if pending.iter().any(|e| e.id == id) => {}
+                Some(id) if pending.contains(&id) => {}
                 _ => {
                     let _ = std::fs::remove_file(entry.path());
                 }
@@ -121,32 +136,32 @@ impl Writeback {
     }
 
     pub fn path_of(&self, id: u64) -> PathBuf {
-        self.dir.join("staging").join(id.to_string())
+        self.staging.path_of(id)
     }
 
-    /// A new, empty staging file (0600).
-    pub fn create(&self) -> Result<(u64, File)> {
+    fn io_error(&self, id: u64) -> impl FnOnce(std::io::Error) -> WritebackError + '_ {
+        move |source| WritebackError::Io {
+            path: self.path_of(id),
+            source,
+        }
+    }
+
+    /// A new, empty staging file (0600), reusing a discarded one when there is one (see
+    /// `staging.rs`: creating inodes is what small files cost most).
+    pub fn create(&self) -> Result<(u64, Staged)> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let path = self.path_of(id);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|source| WritebackError::Io { path, source })?;
+        let file = self.staging.create(id).map_err(self.io_error(id))?;
         Ok((id, file))
     }
 
     /// A new staging file holding a copy of staging file `from`.
-    pub fn copy(&self, from: u64) -> Result<(u64, File)> {
-        let (id, mut file) = self.create()?;
-        let src = self.path_of(from);
-        let mut input = File::open(&src).map_err(|source| WritebackError::Io {
-            path: src.clone(),
-            source,
-        })?;
-        if let Err(source) = std::io::copy(&mut input, &mut file) {
+    pub fn copy(&self, from: u64) -> Result<(u64, Staged)> {
+        let (id, file) = self.create()?;
+        let copied = self
+            .staging
+            .reopen(from)
+            .and_then(|input| std::io::copy(&mut &*input, &mut &*file));
+        if let Err(source) = copied {
             // A half copy would hold disk space nobody refers to.
             self.discard(id);
             return Err(WritebackError::Io {
@@ -158,27 +173,36 @@ impl Writeback {
     }
 
     /// Reopens a sealed staging file (after a remount).
-    pub fn reopen(&self, id: u64) -> Result<File> {
-        let path = self.path_of(id);
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|source| WritebackError::Io { path, source })
+    pub fn reopen(&self, id: u64) -> Result<Staged> {
+        self.staging.reopen(id).map_err(self.io_error(id))
+    }
+
+    /// Keeps staging file `id` from being reused while its path is read (an upload).
+    pub fn hold(&self, id: u64) -> Result<Hold> {
+        self.staging.hold(id).map_err(self.io_error(id))
     }
 
     /// Seals a staging file into the journal: its data and the entry reach the disk before this
-    /// returns, which is what lets `close()` and `fsync()` report success. The file's older
-    /// queued versions (`superseded`) are forgotten in the same write to the journal (uploading
-    /// them would only be overwritten), so a crash keeps the newest acknowledged version. Their
-    /// staging files are left to the caller to delete (a running upload may still read one;
-    /// unlinking a large file takes a while).
-    pub fn enqueue(&self, file: &File, entry: &Entry, superseded: &[u64]) -> Result<()> {
-        file.sync_data().map_err(|source| WritebackError::Io {
-            path: self.path_of(entry.id),
-            source,
-        })?;
-        self.journal.put(entry, superseded)?;
+    /// returns, which is what lets `close()` and `fsync()` report success. A small file's
+    /// content goes in its journal record (one sync, the journal's; see `journal.rs`); a larger
+    /// one's staging file is synced first. The file's older queued versions (`superseded`) are
+    /// forgotten in the same write to the journal (uploading them would only be overwritten),
+    /// so a crash keeps the newest acknowledged version. Their staging files are left to the
+    /// caller to discard (a running upload may still read one).
+    pub fn enqueue(&self, file: &Staged, entry: &Entry, superseded: &[u64]) -> Result<()> {
+        let io = self.io_error(entry.id);
+        if entry.size <= journal::INLINE_MAX {
+            let mut data = vec![0; entry.size as usize];
+            file.read_exact_at(&mut data, 0).map_err(io)?;
+            self.journal.put(entry, Some(&data), superseded)?;
+        } else {
+            file.sync_data().map_err(io)?;
+            if file.reused() {
+                // Its name came by a rename, which its own sync does not cover.
+                self.staging.sync_dir().map_err(self.io_error(entry.id))?;
+            }
+            self.journal.put(entry, None, superseded)?;
+        }
         self.journal.sync()
     }
 
@@ -213,9 +237,15 @@ impl Writeback {
         self.journal.sync()
     }
 
-    /// Deletes a staging file that no entry refers to.
+    /// A staging file no entry refers to any more: emptied and kept for reuse once nothing
+    /// holds it, off the caller's path (truncating a large file takes a while).
     pub fn discard(&self, id: u64) {
-        let _ = std::fs::remove_file(self.path_of(id));
+        self.staging.discard(id);
+    }
+
+    /// Waits for the discarded staging files to be recycled (tests, unmount).
+    pub fn settle(&self) {
+        self.staging.settle();
     }
 
     /// Every queued upload, oldest first.
@@ -237,7 +267,7 @@ fn migrate_sled_journal(dir: &Path, journal: &Journal) -> Result<()> {
         let (k, v) = kv?;
         let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or_default());
         let entry: Entry = serde_json::from_slice(&v).map_err(|_| WritebackError::Corrupt(id))?;
-        journal.put(&entry, &[])?;
+        journal.put(&entry, None, &[])?;
         moved += 1;
     }
     journal.sync()?;
@@ -272,8 +302,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (kept, unqueued) = {
             let wb = Writeback::open(dir.path()).unwrap();
-            let (kept, mut f) = wb.create().unwrap();
-            f.write_all(b"abc").unwrap();
+            let (kept, f) = wb.create().unwrap();
+            (&*f).write_all(b"abc").unwrap();
             wb.enqueue(&f, &entry(kept), &[]).unwrap();
             let (unqueued, _) = wb.create().unwrap();
             let mode = std::fs::metadata(wb.path_of(kept))
@@ -293,6 +323,7 @@ mod tests {
         assert_eq!(std::fs::read(wb.path_of(copy)).unwrap(), b"abc");
         wb.finish(kept).unwrap();
         assert!(wb.pending().unwrap().is_empty());
+        wb.settle();
         assert!(!wb.path_of(kept).exists());
     }
 
