@@ -78,7 +78,64 @@ impl Upload {
 /// URL then answers EEXPIRED).
 #[derive(Default)]
 pub struct Uploads {
-    map: Mutex<HashMap<String, Upload>>,
+    map: Mutex<Registry>,
+}
+
+/// Finished uploads stay for an hour (token replay), so the registry holds every upload of the
+/// last hour: nothing per request may walk it (`u` did, twice, and 10 000 small files made it
+/// quadratic).
+#[derive(Default)]
+struct Registry {
+    uploads: HashMap<String, Upload>,
+    /// Unfinished uploads per account.
+    open: HashMap<String, usize>,
+    last_sweep: Option<Instant>,
+}
+
+/// How often `u` looks for uploads past their lifetime.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Registry {
+    fn finished(&mut self, id: &str, token: Bytes) {
+        if let Some(upload) = self.uploads.get_mut(id)
+            && upload.token.replace(token).is_none()
+        {
+            Self::closed(&mut self.open, &upload.uh);
+        }
+    }
+
+    fn closed(open: &mut HashMap<String, usize>, uh: &str) {
+        if let Some(n) = open.get_mut(uh) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(uh);
+            }
+        }
+    }
+
+    /// Forgets uploads past their lifetime (at most every `SWEEP_EVERY`); returns the
+    /// unfinished ones, whose content goes too.
+    fn sweep(&mut self, ttl: std::time::Duration) -> Vec<String> {
+        if self.last_sweep.is_some_and(|t| t.elapsed() < SWEEP_EVERY) {
+            return Vec::new();
+        }
+        self.last_sweep = Some(Instant::now());
+        let mut expired = Vec::new();
+        let open = &mut self.open;
+        self.uploads.retain(|id, u| {
+            let age = u.created.elapsed();
+            match &u.token {
+                None if age > ttl => {
+                    Self::closed(open, &u.uh);
+                    expired.push(id.clone());
+                    false
+                }
+                Some(_) => age <= COMPLETED_REPLAY,
+                None => true,
+            }
+        });
+        expired
+    }
 }
 
 /// A finished upload waiting for `p`, stored under its completion token.
@@ -170,30 +227,15 @@ pub async fn upload_url(ctx: &Ctx<'_>, cmd: &Map<String, Value>) -> ApiResult<Va
             .map
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let ttl = ctx.state.config.upload_ttl;
         // Unfinished uploads past their lifetime go with their content. Finished ones are
         // kept only to replay the token to a retransmitted chunk; their content waits for `p`
         // under the token record, so it stays.
-        let mut expired = Vec::new();
-        map.retain(|id, u| {
-            let age = u.created.elapsed();
-            match &u.token {
-                None if age > ttl => {
-                    expired.push(id.clone());
-                    false
-                }
-                Some(_) => age <= COMPLETED_REPLAY,
-                None => true,
-            }
-        });
+        let expired = map.sweep(ctx.state.config.upload_ttl);
         // Bounded memory: an account cannot hold open more uploads than any client runs.
-        let open = map
-            .values()
-            .filter(|u| u.uh == uh && u.token.is_none())
-            .count();
-        let too_many = open >= MAX_OPEN_UPLOADS;
+        let too_many = map.open.get(&uh).copied().unwrap_or(0) >= MAX_OPEN_UPLOADS;
         if !too_many {
-            map.insert(
+            *map.open.entry(uh.clone()).or_default() += 1;
+            map.uploads.insert(
                 id.clone(),
                 Upload {
                     uh,
@@ -296,7 +338,7 @@ pub async fn upload_chunk(
     let ack_zero = query.contains_key("d");
     let size = {
         let map = state.uploads.map.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(&id) {
+        match map.uploads.get(&id) {
             None => return upload_error(ApiError::Expired),
             Some(upload) if upload.created.elapsed() > state.config.upload_ttl => {
                 return upload_error(ApiError::Expired);
@@ -324,7 +366,7 @@ pub async fn upload_chunk(
     }
     let finish = {
         let mut map = state.uploads.map.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(upload) = map.get_mut(&id) else {
+        let Some(upload) = map.uploads.get_mut(&id) else {
             return upload_error(ApiError::Expired);
         };
         upload.add_range(offset, end);
@@ -341,14 +383,12 @@ pub async fn upload_chunk(
     match complete(&state, &id, &uh, size, binary).await {
         Ok(token) => {
             let mut map = state.uploads.map.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(upload) = map.get_mut(&id) {
-                upload.token = Some(token.clone());
-            }
+            map.finished(&id, token.clone());
             token_response(token)
         }
         Err(e) => {
             let mut map = state.uploads.map.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(upload) = map.get_mut(&id) {
+            if let Some(upload) = map.uploads.get_mut(&id) {
                 upload.completing = false;
             }
             upload_error(e)
@@ -561,6 +601,52 @@ async fn serve_download(state: &Arc<AppState>, token: &str, range: Option<(u64, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn upload(uh: &str, age: std::time::Duration) -> Upload {
+        Upload {
+            uh: uh.into(),
+            size: 1,
+            binary_token: true,
+            created: Instant::now() - age,
+            ranges: Vec::new(),
+            completing: false,
+            token: None,
+        }
+    }
+
+    #[test]
+    fn the_registry_counts_open_uploads_per_account_and_sweeps_expired_ones() {
+        let second = std::time::Duration::from_secs(1);
+        let mut reg = Registry::default();
+        for (id, uh, age) in [
+            ("a", "u1", 0),
+            ("b", "u1", 0),
+            ("c", "u2", 100),
+            ("d", "u1", 100),
+        ] {
+            *reg.open.entry(uh.into()).or_default() += 1;
+            reg.uploads.insert(id.into(), upload(uh, second * age));
+        }
+        reg.finished("b", Bytes::from_static(b"t"));
+        reg.finished("b", Bytes::from_static(b"t"));
+        assert_eq!(
+            reg.open.get("u1"),
+            Some(&2),
+            "a finished upload is no longer open"
+        );
+        let mut expired = reg.sweep(second * 10);
+        expired.sort();
+        assert_eq!(expired, ["c", "d"]);
+        assert_eq!(reg.open.get("u1"), Some(&1));
+        assert_eq!(reg.open.get("u2"), None);
+        assert!(
+            reg.uploads.contains_key("b"),
+            "finished ones stay for token replay"
+        );
+        // Swept at most every SWEEP_EVERY.
+        reg.uploads.insert("e".into(), upload("u2", second * 100));
+        assert!(reg.sweep(second * 10).is_empty());
+    }
 
     #[test]
     fn ranges_merge_and_count_once() {
