@@ -19,6 +19,7 @@ use fuser::{
     ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+use futures_util::FutureExt;
 use tracing::Instrument;
 
 pub use errno::errno_of;
@@ -49,6 +50,38 @@ impl<R: Remote> FuseFs<R> {
     {
         let span = tracing::debug_span!("fuse", op);
         self.rt.spawn(f(self.vfs.clone()).instrument(span));
+    }
+
+    /// Runs a request that does local work only on fuser's thread: no task, no hand-over to
+    /// a worker (each costs a thread wake-up, tens of microseconds on a busy machine, and a
+    /// small file's `close()` is two requests). Inside the runtime's context, as the request
+    /// may start tasks (an unlinked file's clean-up).
+    fn now<T>(&self, op: &'static str, f: impl FnOnce(&Arc<Vfs<R>>) -> T) -> T {
+        let _span = tracing::debug_span!("fuse", op).entered();
+        let _rt = self.rt.enter();
+        f(&self.vfs)
+    }
+
+    /// Runs an async request on fuser's thread when it completes without waiting (the usual
+    /// case for `create` and `open`), else as a task. Only for requests that change nothing
+    /// before their first wait, so that dropping the first attempt is harmless.
+    fn now_or_run<T, Fut>(
+        &self,
+        op: &'static str,
+        start: impl Fn(Arc<Vfs<R>>) -> Fut + Send + 'static,
+        done: impl FnOnce(T) + Send + 'static,
+    ) where
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        let first = {
+            let _span = tracing::debug_span!("fuse", op).entered();
+            let _rt = self.rt.enter();
+            start(self.vfs.clone()).now_or_never()
+        };
+        match first {
+            Some(result) => done(result),
+            None => self.run(op, move |vfs| async move { done(start(vfs).await) }),
+        }
     }
 }
 
@@ -198,11 +231,17 @@ impl<R: Remote> Filesystem for FuseFs<R> {
                 TimeOrNow::Now => None,
             }),
         };
+        let reply_attr = |reply: ReplyAttr, result: Result<Stat, VfsError>| match result {
+            Ok(st) => reply.attr(&TTL, &attr(&st)),
+            Err(e) => reply.error(fail("setattr", &e)),
+        };
+        // rsync's `chmod` and `utimensat` of each file it just wrote: local while the file is
+        // not uploaded yet.
+        if let Some(result) = self.now("setattr", |vfs| vfs.setattr_now(ino.0, set)) {
+            return reply_attr(reply, result);
+        }
         self.run("setattr", move |vfs| async move {
-            match vfs.setattr(ino.0, set).await {
-                Ok(st) => reply.attr(&TTL, &attr(&st)),
-                Err(e) => reply.error(fail("setattr", &e)),
-            }
+            reply_attr(reply, vfs.setattr(ino.0, set).await);
         });
     }
 
@@ -308,6 +347,12 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         }
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         let (name, newname) = (name_of(name), name_of(newname));
+        if let (Ok(a), Ok(b)) = (&name, &newname)
+            && let Some(result) =
+                self.now("rename", |vfs| vfs.rename_now(parent.0, a, newparent.0, b))
+        {
+            return reply_empty("rename", reply, result);
+        }
         self.run("rename", move |vfs| async move {
             let result = match (name, newname) {
                 (Ok(a), Ok(b)) => vfs.rename(parent.0, &a, newparent.0, &b, no_replace).await,
@@ -393,13 +438,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.run("flush", move |vfs| async move {
-            reply_empty(
-                "flush",
-                reply,
-                tokio::task::block_in_place(|| vfs.flush(fh.0)),
-            );
-        });
+        reply_empty("flush", reply, self.now("flush", |vfs| vfs.flush(fh.0)));
     }
 
     fn release(
@@ -412,23 +451,12 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.run("release", move |vfs| async move {
-            reply_empty(
-                "release",
-                reply,
-                tokio::task::block_in_place(|| vfs.release(fh.0)),
-            );
-        });
+        let result = self.now("release", |vfs| vfs.release(fh.0));
+        reply_empty("release", reply, result);
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
-        self.run("fsync", move |vfs| async move {
-            reply_empty(
-                "fsync",
-                reply,
-                tokio::task::block_in_place(|| vfs.fsync(fh.0)),
-            );
-        });
+        reply_empty("fsync", reply, self.now("fsync", |vfs| vfs.fsync(fh.0)));
     }
 
     fn readdir(
@@ -529,13 +557,25 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let name = name_of(name);
-        self.run("create", move |vfs| async move {
-            let result = match name {
-                Ok(n) => vfs.create(parent.0, &n, mode & !umask).await,
-                Err(e) => Err(e),
-            };
-            match result {
+        let name: Result<String, Errno> = name_of(name).map_err(|e| fail("create", &e));
+        let mode = mode & !umask;
+        // `Vfs::create` only waits for the folder's listing (during a first load) before it
+        // changes anything.
+        self.now_or_run(
+            "create",
+            move |vfs| {
+                let name = name.clone();
+                async move {
+                    match name {
+                        Ok(name) => vfs
+                            .create(parent.0, &name, mode)
+                            .await
+                            .map_err(|e| fail("create", &e)),
+                        Err(errno) => Err(errno),
+                    }
+                }
+            },
+            move |result| match result {
                 Ok((st, fh)) => reply.created(
                     &TTL,
                     &attr(&st),
@@ -543,9 +583,9 @@ impl<R: Remote> Filesystem for FuseFs<R> {
                     FileHandle(fh),
                     FopenFlags::empty(),
                 ),
-                Err(e) => reply.error(fail("create", &e)),
-            }
-        });
+                Err(errno) => reply.error(errno),
+            },
+        );
     }
 
     // ----- not offered -----

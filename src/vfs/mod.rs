@@ -645,6 +645,28 @@ impl<R: Remote> Vfs<R> {
         self.apply(vec![Change::Delete(node.handle)])
     }
 
+    /// `rename` when it is local (a file not uploaded yet, to a free name; see `local.rs`) and
+    /// needs no wait: `None` when it needs the server or a folder's listing.
+    pub fn rename_now(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+    ) -> Option<Result<()>> {
+        if let Err(e) = self.writable() {
+            return Some(Err(e));
+        }
+        if !self.listed_now(parent) || !self.listed_now(new_parent) {
+            return None;
+        }
+        match self.local_rename(parent, name, new_parent, new_name) {
+            Ok(true) => Some(Ok(())),
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     pub async fn rename(
         &self,
         parent: u64,
@@ -740,7 +762,29 @@ impl<R: Remote> Vfs<R> {
         }
     }
 
-    pub async fn setattr(self: &Arc<Self>, ino: u64, set: SetAttr) -> Result<Stat> {
+    /// `setattr` when it needs neither the server nor a wait (no size change, and a file that
+    /// exists only here or nothing to change): `None` when it does.
+    pub fn setattr_now(&self, ino: u64, set: SetAttr) -> Option<Result<Stat>> {
+        if set.size.is_some() {
+            return None;
+        }
+        let local = (|| {
+            self.check_owner(&set)?;
+            if set.mode.is_none() && set.mtime.is_none() {
+                return Ok(true);
+            }
+            self.writable()?;
+            self.may_change(&self.node(ino)?)?;
+            self.local_setattr(ino, set)
+        })();
+        match local {
+            Ok(true) => Some(self.getattr(ino)),
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    fn check_owner(&self, set: &SetAttr) -> Result<()> {
         if let Some(uid) = set.uid
             && uid != self.config.uid
             && uid != u32::MAX
@@ -753,6 +797,11 @@ impl<R: Remote> Vfs<R> {
         {
             return Err(VfsError::NotPermitted("changing the group"));
         }
+        Ok(())
+    }
+
+    pub async fn setattr(self: &Arc<Self>, ino: u64, set: SetAttr) -> Result<Stat> {
+        self.check_owner(&set)?;
         if set.mode.is_none() && set.size.is_none() && set.mtime.is_none() {
             return self.getattr(ino);
         }
