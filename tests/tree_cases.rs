@@ -387,6 +387,52 @@ fn a_handle_turning_from_file_to_folder_gets_a_new_inode() {
 }
 
 #[test]
+fn our_own_upload_replacing_a_node_leaves_the_kernel_cache_alone_unless_it_differs() {
+    let mut tree = Tree::new();
+    let local = Handle::new_local();
+    let mut staged = file(2, 1, "x");
+    staged.handle = local;
+    staged.key = Vec::new();
+    tree.apply_snapshot([root(), staged.clone()], None).unwrap();
+    let x = tree.ino_of(local).unwrap();
+    // Committed: a server handle, a key and attributes, the same size, time and mode.
+    let mut uploaded = file(3, 1, "x");
+    uploaded.size = staged.size;
+    uploaded.attrs.insert("n".into(), "x".into());
+    let inval = tree
+        .apply_changes(
+            [Change::Replace {
+                old: local,
+                node: uploaded.clone(),
+            }],
+            None,
+        )
+        .unwrap();
+    assert!(inval.is_empty(), "{inval:?}");
+    assert_eq!(tree.ino_of(Handle::from_u64(3)), Some(x));
+    assert_eq!(tree.node(x).unwrap().key, uploaded.key);
+    // The next upload of it lands with another mtime: the kernel's attributes are stale.
+    let mut again = file(4, 1, "x");
+    again.size = staged.size;
+    again.mtime_ns += 1;
+    let inval = tree
+        .apply_changes(
+            [Change::Replace {
+                old: Handle::from_u64(3),
+                node: again,
+            }],
+            None,
+        )
+        .unwrap();
+    assert_eq!(inval, vec![Invalidation::Inode(x)]);
+    // Another client's content under the same handle (a new key): the pages are stale.
+    let mut theirs = tree.node(x).unwrap();
+    theirs.key = vec![9; 32];
+    let inval = tree.apply_changes([Change::Upsert(theirs)], None).unwrap();
+    assert_eq!(inval, vec![Invalidation::Inode(x)]);
+}
+
+#[test]
 fn attribute_changes_invalidate_the_inode_only() {
     let mut tree = Tree::new();
     tree.apply_snapshot([root(), file(2, 1, "x")], None)

@@ -573,7 +573,7 @@ impl Tree {
     fn upsert(&mut self, node: Node, b: &mut Batch) {
         if let Some(&ino) = self.by_handle.get(&node.handle) {
             if self.entries[&ino].kind.is_dir() == node.kind.is_dir() {
-                self.update(ino, node, b);
+                self.update(ino, node, false, b);
                 return;
             }
             // A handle does not turn from file to folder; if a server says so, the old inode
@@ -608,19 +608,28 @@ impl Tree {
         self.attach(ino, b);
     }
 
-    fn update(&mut self, ino: u64, node: Node, b: &mut Batch) {
+    /// `same_content`: the node holds what the kernel already has (this mount's own upload),
+    /// so a new key alone does not make its cached pages stale.
+    fn update(&mut self, ino: u64, node: Node, same_content: bool, b: &mut Batch) {
         let attrs = attrs_to_bytes(&node.attrs);
         let e = self.entries.get_mut(&ino).expect("indexed entry exists");
         e.deleted = false;
-        let renamed = *e.name != *node.name || e.created != node.created;
+        let renamed = *e.name != *node.name;
         let moved = e.parent != node.parent;
-        let meta_changed = e.kind != node.kind
+        // Creation time orders duplicates of a name; alone, it renames nothing (an upload of
+        // ours gets the server's time, a little after the local one).
+        let reordered = e.created != node.created;
+        // What the kernel caches: attributes, and the content behind the key.
+        let visible = e.kind != node.kind
             || e.size != node.size
             || e.mtime_ns != node.mtime_ns
             || e.mode != node.mode
             || e.symlink.as_deref() != node.symlink.as_deref()
-            || *e.key != *node.key
-            || *e.attrs != *attrs;
+            || (*e.key != *node.key && !same_content);
+        let meta_changed = visible || *e.key != *node.key || *e.attrs != *attrs;
+        if visible {
+            b.inval(Invalidation::Inode(ino));
+        }
         if meta_changed {
             e.kind = node.kind;
             e.size = node.size;
@@ -629,13 +638,17 @@ impl Tree {
             e.symlink = node.symlink.map(Into::into);
             e.key = node.key.into();
             e.attrs = attrs;
-            b.inval(Invalidation::Inode(ino));
         }
-        if meta_changed || renamed || moved {
+        if meta_changed || renamed || moved || reordered {
             b.dirty.insert(ino);
         }
         if !(renamed || moved) {
-            if e.parent_ino == 0 {
+            e.created = node.created;
+            let pino = e.parent_ino;
+            if reordered && pino != 0 {
+                self.reorder(pino, b);
+            }
+            if pino == 0 {
                 // Re-added after a delete in this batch, or still waiting: try again.
                 self.attach(ino, b);
             }
@@ -647,6 +660,18 @@ impl Tree {
         e.created = node.created;
         e.parent = node.parent;
         self.attach(ino, b);
+    }
+
+    /// A child's place among duplicates of its name may have changed: the folder's names are
+    /// worked out again, if it has duplicates at all.
+    fn reorder(&mut self, pino: u64, b: &mut Batch) {
+        if let Some(dir) = self.entries.get_mut(&pino).and_then(|p| p.dir.as_mut())
+            && dir.deduped > 0
+            && !dir.needs_relabel
+        {
+            dir.needs_relabel = true;
+            b.relabel.push(pino);
+        }
     }
 
     fn replace(&mut self, old: Handle, node: Node, b: &mut Batch) {
@@ -668,9 +693,15 @@ impl Tree {
             .handle = node.handle;
         if node.handle != old {
             b.removed.push(old);
+            // The handle breaks ties among duplicates of a name.
+            let pino = self.entries[&ino].parent_ino;
+            if pino != 0 {
+                self.reorder(pino, b);
+            }
         }
-        b.inval(Invalidation::Inode(ino));
-        self.update(ino, node, b);
+        // The kernel's cached attributes and pages stay valid unless the upload's node differs
+        // from them: an `rsync` pass right after the upload need not ask for each file again.
+        self.update(ino, node, true, b);
     }
 
     fn move_node(&mut self, handle: Handle, parent: Handle, b: &mut Batch) {
