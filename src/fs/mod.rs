@@ -63,7 +63,7 @@ impl<R: Remote> FuseFs<R> {
     }
 
     /// Runs an async request on fuser's thread when it completes without waiting (the usual
-    /// case for `create` and `open`), else as a task. Only for requests that change nothing
+    /// case for `create`), else as a task. Only for requests that change nothing
     /// before their first wait, so that dropping the first attempt is harmless.
     fn now_or_run<T, Fut>(
         &self,

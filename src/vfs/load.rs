@@ -120,7 +120,6 @@ impl<R: Remote> Vfs<R> {
         }
     }
 
-    /// [`Vfs::listed`] for async requests.
     /// Whether folder `ino`'s listing is complete, so that a change in it need not wait.
     pub(super) fn listed_now(&self, ino: u64) -> bool {
         let Some(folder) = self.folder_to_wait_for(ino) else {
@@ -133,6 +132,7 @@ impl<R: Remote> Vfs<R> {
         )
     }
 
+    /// [`Vfs::listed`] for async requests.
     pub(super) async fn listed_async(&self, ino: u64) -> Result<()> {
         let Some(folder) = self.folder_to_wait_for(ino) else {
             return Ok(());

@@ -243,7 +243,7 @@ impl Writeback {
         self.staging.discard(id);
     }
 
-    /// Waits for the discarded staging files to be recycled (tests, unmount).
+    /// Waits for the discarded staging files to be recycled (tests).
     pub fn settle(&self) {
         self.staging.settle();
     }
