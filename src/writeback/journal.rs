@@ -67,6 +67,19 @@ enum Record {
     Forget(u64),
 }
 
+impl Record {
+    /// The record of a queued upload, with its content when given.
+    fn of(entry: &Entry, data: Option<&[u8]>) -> Self {
+        match data {
+            Some(data) => Record::Sealed {
+                entry: entry.clone(),
+                data: B64.encode(data),
+            },
+            None => Record::Put(entry.clone()),
+        }
+    }
+}
+
 pub struct Journal {
     path: PathBuf,
     /// Where the staging files of the entries are (`<staging>/<id>`).
@@ -95,7 +108,7 @@ impl Journal {
             Err(source) => return Err(io(path, source)),
         };
         for (id, data) in &contents {
-            restore(&staging.join(id.to_string()), data)?;
+            write_synced(&staging.join(id.to_string()), data)?;
         }
         if !contents.is_empty() {
             sync_dir(staging)?;
@@ -117,13 +130,7 @@ impl Journal {
     /// Adds or replaces the entry of upload `entry.id`, with its whole content when `data` is
     /// given, then forgets `forgotten`; one write.
     pub fn put(&self, entry: &Entry, data: Option<&[u8]>, forgotten: &[u64]) -> Result<()> {
-        let mut records = vec![match data {
-            Some(data) => Record::Sealed {
-                entry: entry.clone(),
-                data: B64.encode(data),
-            },
-            None => Record::Put(entry.clone()),
-        }];
+        let mut records = vec![Record::of(entry, data)];
         records.extend(forgotten.iter().map(|&id| Record::Forget(id)));
         let mut state = self.state.lock();
         self.append(&mut state, &records)?;
@@ -232,8 +239,9 @@ impl Journal {
     }
 }
 
-/// Writes `data` as the whole content of the staging file at `path`, durably.
-fn restore(path: &Path, data: &[u8]) -> Result<()> {
+/// Writes `data` as the whole content of the (0600) file at `path`, durably: a staging file
+/// written back at open, or the compacted log before it is renamed into place.
+fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -317,24 +325,10 @@ fn rewrite(
     let new = path.with_extension("log.new");
     let mut buf = Vec::new();
     for entry in entries.values() {
-        let record = match contents.get(&entry.id) {
-            Some(data) => Record::Sealed {
-                entry: entry.clone(),
-                data: B64.encode(data),
-            },
-            None => Record::Put(entry.clone()),
-        };
-        encode(&mut buf, &record);
+        let data = contents.get(&entry.id).map(Vec::as_slice);
+        encode(&mut buf, &Record::of(entry, data));
     }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&new)
-        .map_err(|e| io(&new, e))?;
-    file.write_all(&buf).map_err(|e| io(&new, e))?;
-    file.sync_data().map_err(|e| io(&new, e))?;
+    write_synced(&new, &buf)?;
     std::fs::rename(&new, path).map_err(|e| io(path, e))?;
     if let Some(dir) = path.parent() {
         sync_dir(dir)?;

@@ -156,12 +156,9 @@ impl Writeback {
 
     /// A new staging file holding a copy of staging file `from`.
     pub fn copy(&self, from: u64) -> Result<(u64, Staged)> {
+        let input = self.reopen(from)?;
         let (id, file) = self.create()?;
-        let copied = self
-            .staging
-            .reopen(from)
-            .and_then(|input| std::io::copy(&mut &*input, &mut &*file));
-        if let Err(source) = copied {
+        if let Err(source) = std::io::copy(&mut &*input, &mut &*file) {
             // A half copy would hold disk space nobody refers to.
             self.discard(id);
             return Err(WritebackError::Io {

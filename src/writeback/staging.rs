@@ -288,15 +288,16 @@ impl Pool {
                 format!("staging file {id} was discarded"),
             ));
         }
-        *state.holds.entry(id).or_default() += 1;
-        Ok(Hold {
-            id,
-            pool: self.shared.clone(),
-        })
+        Ok(self.claim(&mut state, id))
     }
 
+    /// A hold on a new id (never discarded).
     fn hold_new(&self, id: u64) -> Hold {
-        *self.shared.state.lock().holds.entry(id).or_default() += 1;
+        self.claim(&mut self.shared.state.lock(), id)
+    }
+
+    fn claim(&self, state: &mut State, id: u64) -> Hold {
+        *state.holds.entry(id).or_default() += 1;
         Hold {
             id,
             pool: self.shared.clone(),
