@@ -90,7 +90,11 @@ pub mod keys {
 /// A batch of writes applied atomically by [`Store::apply`].
 pub struct Writes {
     batch: sled::Batch,
-    empty: bool,
+    count: usize,
+    /// The batch's only write, while it has one: applied as a plain insert or removal, which
+    /// is atomic by itself. sled writes its log buffer out (and waits for the disk) at every
+    /// batch, not at every insert; an upload's completion token is one such lone write.
+    single: Option<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl Default for Writes {
@@ -103,19 +107,29 @@ impl Writes {
     pub fn new() -> Self {
         Writes {
             batch: sled::Batch::default(),
-            empty: true,
+            count: 0,
+            single: None,
         }
     }
 
     pub fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) {
         let bytes = serde_json::to_vec(value).expect("records always serialize");
+        self.note(&key, Some(&bytes));
         self.batch.insert(key, bytes);
-        self.empty = false;
     }
 
     pub fn remove(&mut self, key: Vec<u8>) {
+        self.note(&key, None);
         self.batch.remove(key);
-        self.empty = false;
+    }
+
+    fn note(&mut self, key: &[u8], value: Option<&[u8]>) {
+        self.count += 1;
+        self.single = (self.count == 1).then(|| (key.to_vec(), value.map(<[u8]>::to_vec)));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.count == 0
     }
 }
 
@@ -196,18 +210,29 @@ impl Store {
 
     /// Applies `writes` atomically and makes them durable before returning.
     pub async fn apply(&self, writes: Writes) -> ApiResult<()> {
-        if writes.empty {
+        if writes.is_empty() {
             return Ok(());
         }
-        self.db.apply_batch(writes.batch)?;
+        self.write(writes)?;
         self.flush().await
     }
 
     /// Applies without waiting for the disk: for state whose loss costs a client nothing but a
     /// new login (sessions being refreshed).
     pub fn apply_lazy(&self, writes: Writes) -> ApiResult<()> {
-        if !writes.empty {
-            self.db.apply_batch(writes.batch)?;
+        self.write(writes)
+    }
+
+    fn write(&self, writes: Writes) -> ApiResult<()> {
+        match writes.single {
+            Some((key, Some(value))) => {
+                self.db.insert(key, value)?;
+            }
+            Some((key, None)) => {
+                self.db.remove(key)?;
+            }
+            None if writes.is_empty() => {}
+            None => self.db.apply_batch(writes.batch)?,
         }
         Ok(())
     }
@@ -241,4 +266,41 @@ pub fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lone_writes_and_batches_both_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let get = |k: &[u8]| store.get::<u32>(k).unwrap();
+
+        let mut one = Writes::new();
+        one.put(b"k/a".to_vec(), &1u32);
+        store.apply_lazy(one).unwrap();
+        assert_eq!(get(b"k/a"), Some(1));
+
+        // Two writes of one key: a batch, applied in order.
+        let mut two = Writes::new();
+        two.put(b"k/b".to_vec(), &2u32);
+        two.remove(b"k/b".to_vec());
+        store.apply(two).await.unwrap();
+        assert_eq!(get(b"k/b"), None);
+
+        let mut many = Writes::new();
+        many.put(b"k/c".to_vec(), &3u32);
+        many.put(b"k/a".to_vec(), &4u32);
+        store.apply(many).await.unwrap();
+        assert_eq!((get(b"k/a"), get(b"k/c")), (Some(4), Some(3)));
+
+        let mut lone_remove = Writes::new();
+        lone_remove.remove(b"k/a".to_vec());
+        store.apply(lone_remove).await.unwrap();
+        assert_eq!(get(b"k/a"), None);
+        store.apply(Writes::new()).await.unwrap();
+        assert_eq!(get(b"k/c"), Some(3));
+    }
 }
