@@ -57,8 +57,12 @@ impl<R: Remote> Vfs<R> {
             name: remote_name.into_owned(),
             ..node
         };
+        let handle = moved.handle;
         self.retarget_queued(&moved)?;
-        self.apply(vec![Change::Upsert(moved)])?;
+        self.apply_own(
+            vec![Change::Upsert(moved)],
+            &[(parent, name, None), (new_parent, new_name, Some(handle))],
+        )?;
         Ok(true)
     }
 

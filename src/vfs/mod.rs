@@ -413,6 +413,26 @@ impl<R: Remote> Vfs<R> {
         Ok(())
     }
 
+    /// Applies changes the kernel is making itself with the request being answered (a create,
+    /// mkdir or rename through the mount). Its cache will hold each of `own`'s names as the
+    /// reply leaves it: (folder, name) naming the node with that handle, or nothing. Telling
+    /// it to drop those entries would cost a thread wake-up and, worse, a LOOKUP of a name it
+    /// had right (rsync's chmod, utimensat and rename of each file it has just written). A
+    /// name the tree shows otherwise (a duplicate given a suffix meanwhile) is invalidated.
+    fn apply_own(&self, changes: Vec<Change>, own: &[(u64, &str, Option<Handle>)]) -> Result<()> {
+        let mut tree = self.tree.write();
+        let mut inval = tree.apply_changes(changes, None)?;
+        inval.retain(|i| match i {
+            Invalidation::Entry { parent, name } => !own.iter().any(|&(p, n, handle)| {
+                p == *parent && n == name && tree.peek(p, n) == handle.and_then(|h| tree.ino_of(h))
+            }),
+            Invalidation::Inode(_) => true,
+        });
+        drop(tree);
+        self.notify(&inval);
+        Ok(())
+    }
+
     fn stat_handle(&self, handle: Handle, count_lookup: bool) -> Result<Stat> {
         let tree = self.tree.read();
         let ino = tree.ino_of(handle).ok_or(VfsError::NotFound)?;
@@ -473,7 +493,7 @@ impl<R: Remote> Vfs<R> {
         let (p, meta) = self.new_entry(parent, name, Some(mode), None)?;
         let node = self.remote.mkdir(&p, &meta).await?;
         let handle = node.handle;
-        self.apply(vec![Change::Upsert(node)])?;
+        self.apply_own(vec![Change::Upsert(node)], &[(parent, name, Some(handle))])?;
         // New, so empty: complete even while a first load runs.
         self.loading.mark([handle]);
         self.stat_handle(handle, true)
@@ -527,7 +547,8 @@ impl<R: Remote> Vfs<R> {
             0,
         );
         let (handle, mtime_ns) = (node.handle, node.mtime_ns);
-        if let Err(e) = self.apply(vec![Change::Upsert(node)]) {
+        if let Err(e) = self.apply_own(vec![Change::Upsert(node)], &[(parent, name, Some(handle))])
+        {
             self.wb.discard(id);
             return Err(e);
         }
@@ -740,12 +761,16 @@ impl<R: Remote> Vfs<R> {
             };
             moved = self.set_meta_of(&moved, &meta).await?;
         }
+        let handle = moved.handle;
         let changes = vec![Change::Upsert(moved)];
         // The replaced node goes only after the renamed one is in place: a crash in between
         // leaves both, never neither.
         match target {
             Some((t, tnode)) => self.remove_file(t, &tnode, changes).await,
-            None => self.apply(changes),
+            None => self.apply_own(
+                changes,
+                &[(parent, name, None), (new_parent, new_name, Some(handle))],
+            ),
         }
     }
 
