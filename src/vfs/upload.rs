@@ -294,6 +294,7 @@ impl<R: Remote> Vfs<R> {
     }
 
     async fn commit_batch(&self, batch: Vec<Ready<R::Upload>>) {
+        tracing::debug!(uploads = batch.len(), "committing uploads");
         let ns = self.ns.lock().await;
         let mut commits = Vec::with_capacity(batch.len());
         let mut waiting = Vec::with_capacity(batch.len());
