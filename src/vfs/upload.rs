@@ -38,7 +38,10 @@ pub(super) struct Queue<U> {
     delay: Duration,
     ready_tx: mpsc::UnboundedSender<Ready<U>>,
     ready_rx: Mutex<Option<mpsc::UnboundedReceiver<Ready<U>>>>,
-    workers: usize,
+    /// One per upload sending content: at most `workers` at once. An upload gives its slot
+    /// back once its content is sent, not when it is committed, so that the next files are
+    /// sent while the finished ones wait to be committed together.
+    slots: Semaphore,
     /// Uploads under way, each with the signal that abandons it (its file was deleted): an
     /// abandoned upload stops reading its staging file at once, so a deleted file's space is
     /// free when `unlink` returns rather than when a long upload would have ended.
@@ -55,7 +58,7 @@ impl<U> Queue<U> {
             ready_tx,
             ready_rx: Mutex::new(Some(ready_rx)),
             delay,
-            workers: workers.max(1),
+            slots: Semaphore::new(workers.max(1)),
             running: Mutex::new(HashMap::new()),
         }
     }
@@ -150,15 +153,12 @@ impl<R: Remote> Vfs<R> {
             tokio::spawn(self.clone().commit_loop(ready));
         }
         let this = self.clone();
-        let slots = Arc::new(Semaphore::new(self.uploads.workers));
         tokio::spawn(async move {
             while let Some((id, start)) = rx.recv().await {
-                let (this, slots) = (this.clone(), slots.clone());
+                let this = this.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep_until(start.into()).await;
-                    let permit = slots.acquire_owned().await.expect("never closed");
                     this.upload_until_done(id).await;
-                    drop(permit);
                 });
             }
         });
@@ -238,6 +238,7 @@ impl<R: Remote> Vfs<R> {
     }
 
     async fn upload_once(self: &Arc<Self>, id: u64) -> Result<Outcome> {
+        let slot = self.uploads.slots.acquire().await.expect("never closed");
         let Some(entry) = self.wb.get(id)? else {
             return Ok(Outcome::Dropped);
         };
@@ -269,6 +270,7 @@ impl<R: Remote> Vfs<R> {
             .remote
             .upload_content(&self.wb.path_of(id), entry.mtime_ns, &hint)
             .await?;
+        drop(slot);
         let (done, outcome) = oneshot::channel();
         let ready = Ready { id, upload, done };
         let stopped =
