@@ -38,9 +38,10 @@ pub(super) struct Queue<U> {
     delay: Duration,
     ready_tx: mpsc::UnboundedSender<Ready<U>>,
     ready_rx: Mutex<Option<mpsc::UnboundedReceiver<Ready<U>>>>,
-    /// One per upload sending content: at most `workers` at once. An upload gives its slot
-    /// back once its content is sent, not when it is committed, so that the next files are
-    /// sent while the finished ones wait to be committed together.
+    /// One per upload under way, at most `workers` at once. An upload keeps its slot until its
+    /// commit comes back: giving it back once the content is sent was measured (10 000 small
+    /// files, server on disk) to finish the uploads 20 % sooner but to slow the writer down by
+    /// as much, the uploads taking the CPU it needed. The writer is what a user waits for.
     slots: Semaphore,
     /// Uploads under way, each with the signal that abandons it (its file was deleted): an
     /// abandoned upload stops reading its staging file at once, so a deleted file's space is
@@ -238,7 +239,7 @@ impl<R: Remote> Vfs<R> {
     }
 
     async fn upload_once(self: &Arc<Self>, id: u64) -> Result<Outcome> {
-        let slot = self.uploads.slots.acquire().await.expect("never closed");
+        let _slot = self.uploads.slots.acquire().await.expect("never closed");
         let Some(entry) = self.wb.get(id)? else {
             return Ok(Outcome::Dropped);
         };
@@ -270,7 +271,6 @@ impl<R: Remote> Vfs<R> {
             .remote
             .upload_content(&self.wb.path_of(id), entry.mtime_ns, &hint)
             .await?;
-        drop(slot);
         let (done, outcome) = oneshot::channel();
         let ready = Ready { id, upload, done };
         let stopped =
