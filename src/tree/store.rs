@@ -13,7 +13,6 @@
 //! either the old state with the old sequence number or the new one with the new, so catching up
 //! from the stored sequence number replays exactly what is missing.
 
-use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -340,7 +339,7 @@ impl Inner {
             return Ok(());
         };
         let written = self.write(
-            taken.upserts.values(),
+            taken.upserts.values().cloned(),
             taken.removes.iter().copied().collect(),
             seq,
             next_ino,
@@ -359,24 +358,23 @@ impl Inner {
     /// dies in between, the store says it is current to nothing, the next mount fetches
     /// everything again, and the records still written serve only to keep inode numbers
     /// stable.
-    fn write<R: Borrow<Record>>(
+    fn write(
         &self,
-        upserts: impl IntoIterator<Item = R>,
+        upserts: impl IntoIterator<Item = Record>,
         removes: Vec<Handle>,
         seq: Option<String>,
         next_ino: u64,
     ) -> Result<(), TreeError> {
         let mut upserts = upserts.into_iter().peekable();
-        let mut slice: Vec<R> = upserts.by_ref().take(MAX_BATCH).collect();
+        let mut slice: Vec<Record> = upserts.by_ref().take(MAX_BATCH).collect();
         if upserts.peek().is_some() {
             self.db.remove(KEY_SEQ)?;
             while upserts.peek().is_some() {
                 let mut batch = sled::Batch::default();
                 for r in slice.drain(..) {
-                    let r = r.borrow();
                     batch.insert(
                         &node_key(r.handle)[..],
-                        self.seal(encode(r), &node_aad(r.handle)),
+                        self.seal(encode(&r), &node_aad(r.handle)),
                     );
                 }
                 self.db.apply_batch(batch)?;
@@ -388,7 +386,6 @@ impl Inner {
             batch.remove(&node_key(h)[..]);
         }
         for r in &slice {
-            let r = r.borrow();
             let sealed = self.seal(encode(r), &node_aad(r.handle));
             batch.insert(&node_key(r.handle)[..], sealed);
         }
