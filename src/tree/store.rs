@@ -13,6 +13,7 @@
 //! either the old state with the old sequence number or the new one with the new, so catching up
 //! from the stored sequence number replays exactly what is missing.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -339,7 +340,7 @@ impl Inner {
             return Ok(());
         };
         let written = self.write(
-            taken.upserts.values().cloned(),
+            taken.upserts.values(),
             taken.removes.iter().copied().collect(),
             seq,
             next_ino,
@@ -358,23 +359,24 @@ impl Inner {
     /// dies in between, the store says it is current to nothing, the next mount fetches
     /// everything again, and the records still written serve only to keep inode numbers
     /// stable.
-    fn write(
+    fn write<R: Borrow<Record>>(
         &self,
-        upserts: impl IntoIterator<Item = Record>,
+        upserts: impl IntoIterator<Item = R>,
         removes: Vec<Handle>,
         seq: Option<String>,
         next_ino: u64,
     ) -> Result<(), TreeError> {
         let mut upserts = upserts.into_iter().peekable();
-        let mut slice: Vec<Record> = upserts.by_ref().take(MAX_BATCH).collect();
+        let mut slice: Vec<R> = upserts.by_ref().take(MAX_BATCH).collect();
         if upserts.peek().is_some() {
             self.db.remove(KEY_SEQ)?;
             while upserts.peek().is_some() {
                 let mut batch = sled::Batch::default();
                 for r in slice.drain(..) {
+                    let r = r.borrow();
                     batch.insert(
                         &node_key(r.handle)[..],
-                        self.seal(encode(&r), &node_aad(r.handle)),
+                        self.seal(encode(r), &node_aad(r.handle)),
                     );
                 }
                 self.db.apply_batch(batch)?;
@@ -386,6 +388,7 @@ impl Inner {
             batch.remove(&node_key(h)[..]);
         }
         for r in &slice {
+            let r = r.borrow();
             let sealed = self.seal(encode(r), &node_aad(r.handle));
             batch.insert(&node_key(r.handle)[..], sealed);
         }

@@ -408,9 +408,7 @@ impl<R: Remote> Vfs<R> {
 
     /// Applies changes we made to the tree and tells the kernel what it may hold stale.
     fn apply(&self, changes: Vec<Change>) -> Result<()> {
-        let inval = self.tree.write().apply_changes(changes, None)?;
-        self.notify(&inval);
-        Ok(())
+        self.apply_own(changes, &[])
     }
 
     /// Applies changes the kernel is making itself with the request being answered (a create,
