@@ -205,7 +205,7 @@ fn atomic_save_readers_see_old_or_new_never_a_mix_and_it_persists() {
         .collect();
 
     // The editor's save: a new file, fsync, rename over the original.
-    for v in versions.iter().skip(1) {
+    for (k, v) in versions.iter().enumerate().skip(1) {
         let tmp = f.path(".doc.swp");
         let mut h = fs::File::create(&tmp).unwrap();
         h.write_all(v).unwrap();
@@ -213,6 +213,11 @@ fn atomic_save_readers_see_old_or_new_never_a_mix_and_it_persists() {
         drop(h);
         fs::rename(&tmp, f.path("doc")).unwrap();
         assert!(fs::read(f.path("doc")).unwrap() == *v, "just saved");
+        if k % 3 == 0 {
+            // Long enough for this version's upload to commit while the readers read (an
+            // open racing that commit was refused once: `Vfs::open_handle`).
+            std::thread::sleep(std::time::Duration::from_millis(400));
+        }
     }
     stop.store(true, Ordering::Relaxed);
     let mut reads = 0;

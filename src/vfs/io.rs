@@ -175,7 +175,10 @@ impl<R: Remote> Vfs<R> {
             }
             return Ok(false);
         }
-        if node.key.is_empty() && !local {
+        // `node` was read before the checks above, and a new file's first upload may have
+        // committed since (the tree first, then its local state dropped): a key missing from
+        // that copy is asked of the tree again before the open is refused.
+        if !local && node.key.is_empty() && self.content_node(ino)?.key.is_empty() {
             return Err(VfsError::Access);
         }
         Ok(!local)
