@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod cli;
 pub mod crypto;
+pub mod direct_io;
 pub mod filen;
 pub mod fs;
 pub mod mega;

@@ -9,6 +9,7 @@
 //! Two backends: [`LocalBlobStore`] (a directory) and [`super::s3::S3BlobStore`] (any
 //! S3-compatible bucket).
 
+use crate::direct_io;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::fs::{self, File, OpenOptions};
@@ -87,7 +88,6 @@ impl LocalBlobStore {
 /// The synchronous operations behind the trait.
 impl LocalBlobStore {
     fn write_temp_sync(&self, id: &str, offset: u64, data: &[Bytes]) -> io::Result<()> {
-        use std::io::{IoSlice, Seek, SeekFrom, Write};
         let mut options = OpenOptions::new();
         options.write(true).create(true).truncate(false);
         #[cfg(unix)]
@@ -95,26 +95,24 @@ impl LocalBlobStore {
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(0o600);
         }
-        // Each write opens the file anew, so its position is this write's own: concurrent
-        // chunks of one upload do not disturb each other.
-        let mut file = options.open(self.temp_path(id)?)?;
-        file.seek(SeekFrom::Start(offset))?;
-        // One system call for many pieces rather than one per piece.
-        let mut slices: Vec<IoSlice<'_>> = data.iter().map(|d| IoSlice::new(d)).collect();
-        let mut left = &mut slices[..];
-        let mut written = 0u64;
-        while !left.is_empty() {
-            let n = file.write_vectored(left)?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            written += n as u64;
-            IoSlice::advance_slices(&mut left, n);
+        // Each write opens the file anew and writes at its own offsets, so concurrent chunks
+        // of one upload do not disturb each other.
+        let file = options.open(self.temp_path(id)?)?;
+        let pieces: Vec<&[u8]> = data.iter().map(|d| d.as_ref()).collect();
+        // A blob is synced when its upload completes and read back only by later downloads:
+        // its large chunks skip the page cache (see `direct_io`).
+        let total: usize = pieces.iter().map(|p| p.len()).sum();
+        let direct = direct_io::qualifies(offset, total)
+            .then(|| direct_io::reopen_direct(&file))
+            .flatten();
+        let buffered = direct_io::write_pieces(&file, direct.as_ref(), offset, &pieces)?;
+        // The blob is made durable only at `p`, by an fsync that would otherwise find what was
+        // written buffered still in memory and write it while the client waits; started as
+        // each chunk arrives, that writing overlaps the rest of the upload.
+        if buffered > 0 {
+            let total = total as u64;
+            crate::util::start_writeback(&file, offset + total - buffered, buffered);
         }
-        // The blob is made durable only at `p`, by an fsync that would otherwise find all of a
-        // large upload still in memory and write it while the client waits; started as each
-        // chunk arrives, that writing overlaps the rest of the upload.
-        crate::util::start_writeback(&file, offset, written);
         Ok(())
     }
 

@@ -318,7 +318,7 @@ impl<R: Remote> Vfs<R> {
         let local = files.get_mut(&h.ino).ok_or(VfsError::BadHandle)?;
         self.writable_copy(local, false)?;
         let file = local.file.clone();
-        self.making_room(data.len() as u64, || file.write_all_at(data, offset))?;
+        let buffered = self.making_room(data.len() as u64, || file.write_at(data, offset))?;
         let end = offset + data.len() as u64;
         local.size = local.size.max(end);
         local.mtime_ns = now_ns();
@@ -327,7 +327,7 @@ impl<R: Remote> Vfs<R> {
         // `close()` returns only once the staging file is on disk. Each block a writer
         // completes goes to the disk now, while it writes the next, so that the fsync at the
         // close finds little left to write. Outside the lock: the call may wait for the disk.
-        if end / STAGING_WRITEBACK != offset / STAGING_WRITEBACK {
+        if buffered > 0 && end / STAGING_WRITEBACK != offset / STAGING_WRITEBACK {
             let block = end / STAGING_WRITEBACK * STAGING_WRITEBACK - STAGING_WRITEBACK;
             crate::util::start_writeback(&file, block, STAGING_WRITEBACK);
         }

@@ -24,10 +24,12 @@ use std::fs::{File, OpenOptions};
 use std::ops::Deref;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Condvar, Mutex};
+
+use crate::direct_io;
 
 /// Empty staging files kept for reuse; beyond this, discarded files are deleted.
 const MAX_FREE: usize = 1024;
@@ -38,6 +40,9 @@ pub struct Staged {
     hold: Hold,
     /// Taken from the free files (renamed), rather than created.
     reused: bool,
+    /// A descriptor for direct writes, opened at the first large one (`None` inside: the
+    /// file system refuses them).
+    direct: OnceLock<Option<File>>,
 }
 
 impl Staged {
@@ -49,6 +54,20 @@ impl Staged {
     /// durable on every file system: the directory must be synced too).
     pub fn reused(&self) -> bool {
         self.reused
+    }
+
+    /// Writes `data` at `offset`. A large aligned write (a program copying a big file) goes
+    /// to the disk directly, bypassing the page cache: it is synced at `close()` anyway and
+    /// read back once, by its upload (see `direct_io`). Returns the bytes written buffered.
+    pub fn write_at(&self, data: &[u8], offset: u64) -> std::io::Result<u64> {
+        let direct = if direct_io::qualifies(offset, data.len()) {
+            self.direct
+                .get_or_init(|| direct_io::reopen_direct(&self.file))
+                .as_ref()
+        } else {
+            None
+        };
+        direct_io::write_pieces(&self.file, direct, offset, &[data])
     }
 }
 
@@ -242,6 +261,7 @@ impl Pool {
                     file,
                     hold,
                     reused: true,
+                    direct: OnceLock::new(),
                 });
             }
         }
@@ -255,6 +275,7 @@ impl Pool {
             file,
             hold,
             reused: false,
+            direct: OnceLock::new(),
         })
     }
 
@@ -270,6 +291,7 @@ impl Pool {
             file,
             hold,
             reused: false,
+            direct: OnceLock::new(),
         })
     }
 
