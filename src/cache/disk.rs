@@ -19,7 +19,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use aes_gcm::{AeadInOut, Aes256Gcm, KeyInit, Nonce, Tag};
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use lru::LruCache;
 use parking_lot::Mutex;
 use zeroize::Zeroizing;
@@ -50,7 +50,11 @@ struct Index {
 pub(crate) struct DiskStore {
     chunks: PathBuf,
     tmp: PathBuf,
-    cipher: Aes256Gcm,
+    /// AES-256-GCM. AWS-LC's (already built for TLS) rather than the `aes-gcm` crate's, the
+    /// same format: every chunk a cold read fetches is sealed here, and the crate took 0.91 s
+    /// of CPU per GiB on the benchmark VM, against 0.2 s for a stitched AES-GCM. AWS-LC wipes
+    /// the key schedule when the key is dropped.
+    cipher: LessSafeKey,
     budget: u64,
     index: Mutex<Index>,
 }
@@ -183,7 +187,9 @@ impl DiskStore {
         }
         private_dir(&chunks)?;
         let store = DiskStore {
-            cipher: Aes256Gcm::new((&*key).into()),
+            cipher: LessSafeKey::new(
+                UnboundKey::new(&AES_256_GCM, &key[..]).expect("a 32-byte key"),
+            ),
             index: Mutex::new(Index {
                 lru: LruCache::unbounded(),
                 bytes: 0,
@@ -322,13 +328,14 @@ impl DiskStore {
             return None;
         }
         let (nonce, rest) = body.split_at(NONCE_LEN);
-        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
-        let nonce = Nonce::try_from(nonce).ok()?;
-        let tag = Tag::try_from(tag).ok()?;
-        let mut buf = ct.to_vec();
-        self.cipher
-            .decrypt_inout_detached(&nonce, &aad(id), buf.as_mut_slice().into(), &tag)
-            .ok()?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut buf = rest.to_vec();
+        let plain_len = self
+            .cipher
+            .open_in_place(nonce, Aad::from(aad(id)), &mut buf)
+            .ok()?
+            .len();
+        buf.truncate(plain_len);
         Some(buf)
     }
 
@@ -339,16 +346,16 @@ impl DiskStore {
         out.extend_from_slice(&nonce);
         out.extend_from_slice(data);
         let body = &mut out[MAGIC.len() + NONCE_LEN..];
-        let tag =
-            match self
-                .cipher
-                .encrypt_inout_detached(&Nonce::from(nonce), &aad(id), body.into())
-            {
-                Ok(tag) => tag,
-                // Only inputs over 64 GiB are refused; chunks are at most a few MiB.
-                Err(_) => unreachable!("AES-GCM input bounded by chunk size"),
-            };
-        out.extend_from_slice(&tag);
+        let tag = match self.cipher.seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad(id)),
+            body,
+        ) {
+            Ok(tag) => tag,
+            // Only inputs over 64 GiB are refused; chunks are at most a few MiB.
+            Err(_) => unreachable!("AES-GCM input bounded by chunk size"),
+        };
+        out.extend_from_slice(tag.as_ref());
         out
     }
 
