@@ -1,5 +1,6 @@
 //! The block cache: both layers, both budgets, encryption at rest, bad files, threads.
 
+use bytes::Bytes;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,7 +21,7 @@ fn chunk(name: &str, offset: u64) -> ChunkId {
 }
 
 /// Distinct, recognisable plaintext for each chunk.
-fn data(id: &ChunkId, len: usize) -> Arc<[u8]> {
+fn data(id: &ChunkId, len: usize) -> Bytes {
     let seed = id.content.0[0] as usize + id.offset as usize;
     (0..len)
         .map(|i| b"PLAINTEXT-"[(i + seed) % 10])

@@ -1,7 +1,7 @@
 //! Block cache: decrypted file chunks, in memory and on disk.
 //!
 //! Reads are served from chunks of plaintext. [`BlockCache`] keeps them in two layers:
-//! - memory: an LRU (`lru` crate) of `Arc<[u8]>` within a byte budget;
+//! - memory: an LRU (`lru` crate) of `Bytes` within a byte budget;
 //! - disk ([`disk`]): every inserted chunk is also written through to the cache directory,
 //!   sealed with AES-256-GCM under a local key, within its own byte budget.
 //!
@@ -19,7 +19,8 @@
 mod disk;
 
 use std::path::Path;
-use std::sync::Arc;
+
+use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use lru::LruCache;
@@ -97,7 +98,7 @@ pub struct CacheStats {
 }
 
 struct Memory {
-    lru: LruCache<ChunkId, Arc<[u8]>>,
+    lru: LruCache<ChunkId, Bytes>,
     bytes: u64,
 }
 
@@ -152,7 +153,7 @@ impl BlockCache {
     }
 
     /// The chunk, from memory or disk; `None` on a miss.
-    pub fn get(&self, id: &ChunkId) -> Option<Arc<[u8]>> {
+    pub fn get(&self, id: &ChunkId) -> Option<Bytes> {
         let hit = self.mem.lock().lru.get(id).cloned();
         if let Some(data) = hit {
             self.counters.hits_mem.fetch_add(1, Ordering::Relaxed);
@@ -168,7 +169,7 @@ impl BlockCache {
         match read {
             Read::Hit(plain) => {
                 self.counters.hits_disk.fetch_add(1, Ordering::Relaxed);
-                let data: Arc<[u8]> = plain.into();
+                let data: Bytes = plain.into();
                 self.insert_memory(*id, data.clone());
                 Some(data)
             }
@@ -194,7 +195,7 @@ impl BlockCache {
 
     /// Caches a chunk in memory and writes it through to disk. The chunk is in memory (and
     /// served) even when the disk write fails; the error is returned for logging.
-    pub fn insert(&self, id: ChunkId, data: Arc<[u8]>) -> Result<(), CacheError> {
+    pub fn insert(&self, id: ChunkId, data: Bytes) -> Result<(), CacheError> {
         self.insert_memory(id, data.clone());
         self.write_through(&id, &data)
     }
@@ -217,7 +218,7 @@ impl BlockCache {
     }
 
     /// Caches a chunk in memory only (see [`BlockCache::write_through`]).
-    pub fn insert_memory(&self, id: ChunkId, data: Arc<[u8]>) {
+    pub fn insert_memory(&self, id: ChunkId, data: Bytes) {
         let len = data.len() as u64;
         if len > self.mem_budget {
             return;

@@ -581,6 +581,17 @@ impl MegaClient {
         transfer::fetch_range(self.api.http(), self.api.policy(), url, range).await
     }
 
+    /// Encrypted bytes `range` of a download URL, in one buffer per piece of `lens` (see
+    /// [`transfer::fetch_split`]).
+    pub async fn fetch_split(
+        &self,
+        url: &str,
+        range: std::ops::Range<u64>,
+        lens: &[usize],
+    ) -> Result<Vec<Vec<u8>>> {
+        transfer::fetch_split(self.api.http(), self.api.policy(), url, range, lens).await
+    }
+
     /// Storage use and limit (`uq`).
     pub async fn quota(&self) -> Result<Quota> {
         if self.public_root.is_some() {

@@ -406,19 +406,7 @@ impl Remote for MegaRemote {
         let NodeKey::File { key, .. } = node_key(node)? else {
             return Err(RemoteError::Other("not a file".into()));
         };
-        let mut fresh = false;
-        let data = loop {
-            let url = self.download_url(node.handle, fresh).await?;
-            match self.client.fetch_range(&url, range.clone()).await {
-                Ok(data) => break data,
-                // An expired or revoked URL: ask for a new one once.
-                Err(MegaError::Http(403 | 404 | 410)) if !fresh => fresh = true,
-                Err(e) => return Err(remote_error(e)),
-            }
-        };
-        let mut plain = data.to_vec();
-        mc::ctr_apply(&key, range.start, &mut plain);
-        let plain = bytes::Bytes::from(plain);
+        // One buffer per chunk, decrypted in place and handed to the cache as it is.
         let mut spans = Vec::new();
         let mut at = range.start;
         while at < range.end {
@@ -427,11 +415,22 @@ impl Remote for MegaRemote {
             spans.push(at..end);
             at = end;
         }
-        let pieces: Vec<&[u8]> = spans
-            .iter()
-            .map(|s| &plain[(s.start - range.start) as usize..(s.end - range.start) as usize])
-            .collect();
-        let macs = mc::chunk_macs(&key, &pieces);
+        let lens: Vec<usize> = spans.iter().map(|s| (s.end - s.start) as usize).collect();
+        let mut fresh = false;
+        let mut pieces = loop {
+            let url = self.download_url(node.handle, fresh).await?;
+            match self.client.fetch_split(&url, range.clone(), &lens).await {
+                Ok(pieces) => break pieces,
+                // An expired or revoked URL: ask for a new one once.
+                Err(MegaError::Http(403 | 404 | 410)) if !fresh => fresh = true,
+                Err(e) => return Err(remote_error(e)),
+            }
+        };
+        for (span, piece) in spans.iter().zip(&mut pieces) {
+            mc::ctr_apply(&key, span.start, piece);
+        }
+        let plain: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+        let macs = mc::chunk_macs(&key, &plain);
         if let Some(stored) = stored_chunk_macs(node) {
             for (span, mac) in spans.iter().zip(&macs) {
                 let index = mc::chunk_index(span.start) as usize;
@@ -445,10 +444,11 @@ impl Remote for MegaRemote {
         }
         Ok(spans
             .into_iter()
+            .zip(pieces)
             .zip(macs)
-            .map(|(s, mac)| Fetched {
+            .map(|((s, piece), mac)| Fetched {
                 offset: s.start,
-                data: plain.slice((s.start - range.start) as usize..(s.end - range.start) as usize),
+                data: bytes::Bytes::from(piece),
                 tag: Some(mac),
             })
             .collect())

@@ -447,11 +447,31 @@ pub async fn fetch_range(
     url: &str,
     range: std::ops::Range<u64>,
 ) -> Result<Bytes> {
+    let len = (range.end - range.start) as usize;
+    let mut pieces = fetch_split(http, policy, url, range, &[len]).await?;
+    Ok(Bytes::from(pieces.pop().unwrap_or_default()))
+}
+
+/// [`fetch_range`] read into one buffer per piece of `lens` (their lengths in order, summing to
+/// the range's): each piece arrives in a buffer of its own, sized up front, so a reader that
+/// keeps chunks apart decrypts them in place and keeps them without copying any byte again.
+pub async fn fetch_split(
+    http: &reqwest::Client,
+    policy: &crate::retry::RetryPolicy,
+    url: &str,
+    range: std::ops::Range<u64>,
+    lens: &[usize],
+) -> Result<Vec<Vec<u8>>> {
+    debug_assert_eq!(
+        lens.iter().sum::<usize>() as u64,
+        range.end - range.start,
+        "pieces cover the range"
+    );
     if range.is_empty() {
-        return Ok(Bytes::new());
+        return Ok(lens.iter().map(|_| Vec::new()).collect());
     }
     policy
-        .run(is_retryable, || fetch_once(http, url, range.clone()))
+        .run(is_retryable, || fetch_once(http, url, range.clone(), lens))
         .await
 }
 
@@ -459,8 +479,9 @@ async fn fetch_once(
     http: &reqwest::Client,
     url: &str,
     range: std::ops::Range<u64>,
-) -> Result<Bytes> {
-    let response = http
+    lens: &[usize],
+) -> Result<Vec<Vec<u8>>> {
+    let mut response = http
         .get(format!("{url}/{}-{}", range.start, range.end - 1))
         .timeout(Duration::from_secs(300))
         .send()
@@ -473,16 +494,32 @@ async fn fetch_once(
     if status != 200 {
         return Err(MegaError::Http(status));
     }
-    let bytes = response.bytes().await.map_err(network_error)?;
-    if bytes.len() as u64 != range.end - range.start {
+    let want = range.end - range.start;
+    let mut pieces: Vec<Vec<u8>> = lens.iter().map(|&n| Vec::with_capacity(n)).collect();
+    let mut got = 0u64;
+    let mut index = 0;
+    while let Some(mut frame) = response.chunk().await.map_err(network_error)? {
+        got += frame.len() as u64;
+        if got > want {
+            return Err(MegaError::malformed(
+                "a download returned more than it was asked",
+            ));
+        }
+        while !frame.is_empty() {
+            while pieces[index].len() == lens[index] {
+                index += 1;
+            }
+            let take = (lens[index] - pieces[index].len()).min(frame.len());
+            pieces[index].extend_from_slice(&frame.split_to(take));
+        }
+    }
+    if got != want {
         // A short read is what a dropped connection looks like: worth a retry.
         return Err(MegaError::Network(format!(
-            "download returned {} of {} bytes",
-            bytes.len(),
-            range.end - range.start
+            "download returned {got} of {want} bytes"
         )));
     }
-    Ok(bytes)
+    Ok(pieces)
 }
 
 #[cfg(test)]

@@ -820,7 +820,7 @@ impl<R: Remote> Vfs<R> {
                 content: cid,
                 offset: c.offset,
             };
-            let data: Arc<[u8]> = Arc::from(&c.data[..]);
+            let data = c.data;
             self.cache.insert_memory(id, data.clone());
             fetched.push((id, data));
         }
@@ -832,7 +832,7 @@ impl<R: Remote> Vfs<R> {
     /// from memory and does not need them sealed (AES-GCM) and written, so that runs on the
     /// blocking pool while the read goes on, unless [`MAX_DISK_BACKLOG`] bytes already wait:
     /// then here, which bounds the memory that pending writes hold.
-    fn write_through(self: &Arc<Self>, cid: ContentId, chunks: Vec<(ChunkId, Arc<[u8]>)>) {
+    fn write_through(self: &Arc<Self>, cid: ContentId, chunks: Vec<(ChunkId, bytes::Bytes)>) {
         if !self.cache.has_disk() || chunks.is_empty() {
             return;
         }
