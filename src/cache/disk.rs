@@ -434,3 +434,60 @@ impl DiskStore {
         let _ = fs::remove_dir_all(self.content_dir(content));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aes_gcm::{AeadInOut, Aes256Gcm, KeyInit};
+
+    /// The sealed format is plain AES-256-GCM: what the `aes-gcm` crate (which sealed the
+    /// cache before AWS-LC did) makes, the store reads, and the other way round.
+    #[test]
+    fn chunks_sealed_by_either_aes_gcm_open_in_the_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), 1 << 20).unwrap();
+        let (key, fresh) = load_or_create_key(dir.path(), &dir.path().join("tmp")).unwrap();
+        assert!(!fresh, "the store made the key");
+        let other = Aes256Gcm::new((&*key).into());
+        let plain: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+
+        let ours = ChunkId {
+            content: ContentId([3; 16]),
+            offset: 1 << 17,
+        };
+        store.write(&ours, &plain).unwrap();
+        let sealed = fs::read(store.path(&ours)).unwrap();
+        let body = sealed.strip_prefix(MAGIC.as_slice()).unwrap();
+        let (nonce, rest) = body.split_at(NONCE_LEN);
+        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let mut opened = ct.to_vec();
+        other
+            .decrypt_inout_detached(
+                &aes_gcm::Nonce::try_from(nonce).unwrap(),
+                &aad(&ours),
+                opened.as_mut_slice().into(),
+                &aes_gcm::Tag::try_from(tag).unwrap(),
+            )
+            .expect("the crate opens what AWS-LC sealed");
+        assert_eq!(opened, plain);
+
+        let theirs = ChunkId {
+            content: ContentId([4; 16]),
+            offset: 0,
+        };
+        let nonce = [9u8; NONCE_LEN];
+        let mut ct = plain.clone();
+        let tag = other
+            .encrypt_inout_detached(&nonce.into(), &aad(&theirs), ct.as_mut_slice().into())
+            .unwrap();
+        let path = store.path(&theirs);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, [MAGIC.as_slice(), &nonce, &ct, &tag].concat()).unwrap();
+        drop(store);
+        let store = DiskStore::open(dir.path(), 1 << 20).unwrap();
+        match store.read(&theirs) {
+            Read::Hit(data) => assert_eq!(data, plain),
+            _ => panic!("a chunk the crate sealed does not open"),
+        }
+    }
+}
