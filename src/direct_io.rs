@@ -57,8 +57,9 @@ pub fn qualifies(offset: u64, len: usize) -> bool {
 
 /// Writes the whole blocks at the start of `pieces` (concatenated) at `offset` through
 /// `direct`, a descriptor from [`reopen_direct`]. Returns how many bytes it wrote, a multiple
-/// of [`ALIGN`]: the caller writes the rest buffered. Returns 0 when the write does not
-/// qualify or the file system rejects it (`EINVAL`); other errors (a full disk) are returned.
+/// of [`ALIGN`]: the caller writes the rest buffered. Stops early when the file system rejects
+/// a direct write (`EINVAL`), and writes nothing when the write does not qualify; other errors
+/// (a full disk) are returned.
 pub fn write_blocks(direct: &File, offset: u64, pieces: &[&[u8]]) -> io::Result<usize> {
     let total: usize = pieces.iter().map(|p| p.len()).sum();
     if !qualifies(offset, total) {
@@ -79,7 +80,8 @@ pub fn write_blocks(direct: &File, offset: u64, pieces: &[&[u8]]) -> io::Result<
             source.copy_to(&mut bounce[..n]);
             match direct.write_all_at(&bounce[..n], offset + written as u64) {
                 Ok(()) => written += n,
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) && written == 0 => return Ok(0),
+                // Refused (an alignment this file system does not take): the rest buffered.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(written),
                 Err(e) => return Err(e),
             }
         }
