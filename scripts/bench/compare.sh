@@ -255,6 +255,10 @@ run_fs() {
     "${fs}_start" "$mnt"
 
     if want big; then
+    # Whatever was written before (the inputs, the previous file system's files and their
+    # deletion) is still reaching the disk: let it settle, so that no file system is charged
+    # for another's writeback.
+    sync
     log "$fs: sequential write of ${BIG_MIB} MiB until durable"
     t="$(now)"
     dd if=/dev/shm/veilfs-bench-big of="$mnt/big" bs=1M conv=fsync status=none
