@@ -19,10 +19,9 @@
 mod disk;
 
 use std::path::Path;
-
-use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
 use lru::LruCache;
 use parking_lot::Mutex;
 use serde::Serialize;
