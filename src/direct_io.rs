@@ -122,6 +122,16 @@ impl<'a> Pieces<'a> {
     }
 }
 
+/// [`write_pieces`] for a descriptor used for this one write (a new file, or one opened per
+/// write): a direct descriptor is opened only when the write qualifies.
+pub fn write_once(file: &File, offset: u64, pieces: &[&[u8]]) -> io::Result<u64> {
+    let total: usize = pieces.iter().map(|p| p.len()).sum();
+    let direct = qualifies(offset, total)
+        .then(|| reopen_direct(file))
+        .flatten();
+    write_pieces(file, direct.as_ref(), offset, pieces)
+}
+
 /// Writes `pieces` at `offset` in `file`: the whole blocks of a large aligned write through
 /// `direct` when there is one, the rest buffered. Returns the bytes written buffered (the
 /// caller may start their write-back). Positional for one piece; several move `file`'s

@@ -86,10 +86,7 @@ fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
         .create_new(true)
         .mode(0o600)
         .open(path)?;
-    let direct = direct_io::qualifies(0, data.len())
-        .then(|| direct_io::reopen_direct(&f))
-        .flatten();
-    direct_io::write_pieces(&f, direct.as_ref(), 0, &[data]).map(|_| ())
+    direct_io::write_once(&f, 0, &[data]).map(|_| ())
 }
 
 fn remove_quietly(path: &Path) {

@@ -101,16 +101,12 @@ impl LocalBlobStore {
         let pieces: Vec<&[u8]> = data.iter().map(|d| d.as_ref()).collect();
         // A blob is synced when its upload completes and read back only by later downloads:
         // its large chunks skip the page cache (see `direct_io`).
-        let total: usize = pieces.iter().map(|p| p.len()).sum();
-        let direct = direct_io::qualifies(offset, total)
-            .then(|| direct_io::reopen_direct(&file))
-            .flatten();
-        let buffered = direct_io::write_pieces(&file, direct.as_ref(), offset, &pieces)?;
+        let buffered = direct_io::write_once(&file, offset, &pieces)?;
         // The blob is made durable only at `p`, by an fsync that would otherwise find what was
         // written buffered still in memory and write it while the client waits; started as
         // each chunk arrives, that writing overlaps the rest of the upload.
         if buffered > 0 {
-            let total = total as u64;
+            let total: u64 = data.iter().map(|d| d.len() as u64).sum();
             crate::util::start_writeback(&file, offset + total - buffered, buffered);
         }
         Ok(())
