@@ -8,7 +8,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::mount::{MountFixture, pattern};
 
@@ -297,16 +297,12 @@ fn a_file_closed_before_sigkill_is_intact_after_restart() {
     assert!(back == data, "content differs after SIGKILL and restart");
 }
 
-#[test]
-fn another_clients_change_appears_in_the_mount() {
-    let f = MountFixture::new();
-    fs::create_dir(f.path("shared")).unwrap();
-    assert!(fs::read_dir(f.path("shared")).unwrap().next().is_none());
-    // A second mount of the same account plays the other client.
+/// A second mount of the same account, playing another client; unmounted by `stop_second`.
+fn second_mount(f: &MountFixture) -> (std::path::PathBuf, std::process::Child) {
     let mnt2 = f.root.path().join("mnt2");
     fs::create_dir(&mnt2).unwrap();
     let log = fs::File::create(f.root.path().join("second.log")).unwrap();
-    let mut second = f
+    let second = f
         .command()
         .env("XDG_CACHE_HOME", f.root.path().join("cache2"))
         .arg("mount")
@@ -323,23 +319,80 @@ fn another_clients_change_appears_in_the_mount() {
         assert!(start.elapsed() < Duration::from_secs(60));
         std::thread::sleep(Duration::from_millis(20));
     }
-    fs::write(mnt2.join("shared/from-the-other.txt"), b"hi there").unwrap();
-    let _ = Command::new("fusermount3").arg("-u").arg(&mnt2).status();
+    (mnt2, second)
+}
+
+fn stop_second(mnt2: &std::path::Path, mut second: std::process::Child) {
+    let _ = Command::new("fusermount3").arg("-u").arg(mnt2).status();
     second.wait().unwrap();
+}
+
+/// Polls `check` for up to ten seconds.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(data) = fs::read(f.path("shared/from-the-other.txt"))
-            && data == b"hi there"
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the change never arrived"
-        );
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = SystemTime::now().duration_since(UNIX_EPOCH);
+}
+
+#[test]
+fn another_clients_change_appears_in_the_mount() {
+    let f = MountFixture::new();
+    fs::create_dir(f.path("shared")).unwrap();
+    assert!(fs::read_dir(f.path("shared")).unwrap().next().is_none());
+    let (mnt2, second) = second_mount(&f);
+    fs::write(mnt2.join("shared/from-the-other.txt"), b"hi there").unwrap();
+    stop_second(&mnt2, second);
+    eventually("the change never arrived", || {
+        fs::read(f.path("shared/from-the-other.txt")).is_ok_and(|d| d == b"hi there")
+    });
+}
+
+/// The kernel may keep names and attributes for a minute (`--attr-timeout`): what it cached
+/// must still follow another client's changes within seconds, pushed as invalidations.
+#[test]
+fn cached_names_attributes_and_pages_follow_another_clients_changes() {
+    let f = MountFixture::new();
+    fs::create_dir(f.path("shared")).unwrap();
+    fs::write(f.path("shared/edited.txt"), b"first version").unwrap();
+    fs::write(f.path("shared/moved.txt"), b"moved").unwrap();
+    let (mnt2, second) = second_mount(&f);
+    eventually("the second mount never saw the files", || {
+        fs::read(mnt2.join("shared/edited.txt")).is_ok_and(|d| d == b"first version")
+            && mnt2.join("shared/moved.txt").exists()
+    });
+    // Cached here: both names, their attributes and the edited file's pages.
+    assert_eq!(fs::metadata(f.path("shared/edited.txt")).unwrap().len(), 13);
+    assert_eq!(
+        fs::read(f.path("shared/edited.txt")).unwrap(),
+        b"first version"
+    );
+    assert!(fs::metadata(f.path("shared/moved.txt")).is_ok());
+
+    fs::write(
+        mnt2.join("shared/edited.txt"),
+        b"the second, longer version",
+    )
+    .unwrap();
+    fs::rename(
+        mnt2.join("shared/moved.txt"),
+        mnt2.join("shared/renamed.txt"),
+    )
+    .unwrap();
+    stop_second(&mnt2, second);
+
+    eventually("the edit never showed in the cached attributes", || {
+        fs::metadata(f.path("shared/edited.txt")).is_ok_and(|m| m.len() == 26)
+    });
+    assert_eq!(
+        fs::read(f.path("shared/edited.txt")).unwrap(),
+        b"the second, longer version"
+    );
+    eventually("the rename never showed in the cached names", || {
+        !f.path("shared/moved.txt").exists() && f.path("shared/renamed.txt").exists()
+    });
+    assert_eq!(fs::read(f.path("shared/renamed.txt")).unwrap(), b"moved");
 }
 
 #[test]

@@ -72,6 +72,11 @@ pub struct MountArgs {
     pub foreground: bool,
     #[arg(long)]
     pub read_only: bool,
+    /// How long, in seconds, the kernel may cache names and attributes. Changes made
+    /// elsewhere are pushed to the kernel as soon as this mount hears of them, whatever this
+    /// is; it only bounds how long a missed one could show stale metadata.
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::fs::DEFAULT_TTL.as_secs_f64(), value_parser = parse_seconds)]
+    pub attr_timeout: f64,
     /// Use HTTPS for transfers even where the server offers HTTP.
     #[arg(long)]
     pub force_https: bool,
@@ -82,6 +87,16 @@ pub struct MountArgs {
     /// Where the embedded server keeps its data (default $XDG_DATA_HOME/veilfs/embedded).
     #[arg(long, value_name = "DIR", conflicts_with = "server")]
     pub embedded_data: Option<PathBuf>,
+}
+
+/// A duration in seconds for `--attr-timeout`: 0 (no caching) up to a day.
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if (0.0..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0 and 86400"
+        )),
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -254,7 +269,8 @@ fn serve_fuse<R: Remote>(
     config.mount_options = options;
     config.n_threads = Some(4);
     config.clone_fd = true;
-    let fs = FuseFs::new(vfs.clone(), rt.handle().clone());
+    let ttl = Duration::from_secs_f64(args.attr_timeout);
+    let fs = FuseFs::new(vfs.clone(), rt.handle().clone(), ttl);
     let mut session = fuser::Session::new(fs, &args.mountpoint, &config)
         .with_context(|| format!("mounting on {}", args.mountpoint.display()))?;
 

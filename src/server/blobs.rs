@@ -16,6 +16,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// Buffered bytes from which a chunk's writing to the disk is started as it arrives.
+const EARLY_WRITEBACK_MIN: u64 = 128 * 1024;
+
 #[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
     /// Writes `data` at `offset` of temporary blob `id`, creating it if needed. `data` is one
@@ -104,8 +107,11 @@ impl LocalBlobStore {
         let buffered = direct_io::write_once(&file, offset, &pieces)?;
         // The blob is made durable only at `p`, by an fsync that would otherwise find what was
         // written buffered still in memory and write it while the client waits; started as
-        // each chunk arrives, that writing overlaps the rest of the upload.
-        if buffered > 0 {
+        // each chunk arrives, that writing overlaps the rest of the upload. Not for a few
+        // kilobytes: the fsync writes those with the file's inode in one request to the disk,
+        // where starting them here cost a request of their own (a tenth of the server's CPU
+        // with 10 000 small files, most of it in the virtual disk's notification).
+        if buffered >= EARLY_WRITEBACK_MIN {
             let total: u64 = data.iter().map(|d| d.len() as u64).sum();
             crate::util::start_writeback(&file, offset + total - buffered, buffered);
         }

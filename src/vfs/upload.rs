@@ -450,10 +450,18 @@ impl<R: Remote> Vfs<R> {
         self.wb.forget(id)?;
         let mut files = self.files.lock();
         let mut keep_file = false;
-        let holder = files
-            .iter()
-            .find(|(_, l)| l.queued.contains(&id))
-            .map(|(&ino, _)| ino)
+        // Usually the committed node's own file; the others are searched only when it is not
+        // (a dropped upload, or one whose file was renamed over another): a search per commit
+        // cost as much as the rest of the commit with thousands of small files queued.
+        let holds = |ino: &u64| files.get(ino).is_some_and(|l| l.queued.contains(&id));
+        let holder = ino
+            .filter(holds)
+            .or_else(|| {
+                files
+                    .iter()
+                    .find(|(_, l)| l.queued.contains(&id))
+                    .map(|(&ino, _)| ino)
+            })
             .or(ino);
         if let Some(holder) = holder
             && let Some(local) = files.get_mut(&holder)
