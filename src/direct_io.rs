@@ -159,6 +159,11 @@ pub fn write_pieces(
     }
     let buffered = (pos - direct_done) as u64;
     let at = offset + direct_done as u64;
+    // All of it went direct (a large write of whole blocks, the usual case for `cp`): no
+    // seek, no empty write.
+    if rest.is_empty() {
+        return Ok(0);
+    }
     if let [only] = rest[..] {
         file.write_all_at(&only, at)?;
         return Ok(buffered);

@@ -456,12 +456,7 @@ impl<R: Remote> Vfs<R> {
         let holds = |ino: &u64| files.get(ino).is_some_and(|l| l.queued.contains(&id));
         let holder = ino
             .filter(holds)
-            .or_else(|| {
-                files
-                    .iter()
-                    .find(|(_, l)| l.queued.contains(&id))
-                    .map(|(&ino, _)| ino)
-            })
+            .or_else(|| files.keys().copied().find(holds))
             .or(ino);
         if let Some(holder) = holder
             && let Some(local) = files.get_mut(&holder)
