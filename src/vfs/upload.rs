@@ -23,6 +23,10 @@ const UNDELAYED_UPLOAD: u64 = 64 * 1024 * 1024;
 /// Most uploads committed in one request.
 const MAX_COMMIT_BATCH: usize = 200;
 
+/// Longest a ready upload waits for others still sending their content, to be committed with
+/// them (see `Vfs::commit_loop`).
+const COMMIT_LINGER: Duration = Duration::from_millis(10);
+
 /// Uploads whose content is sent, waiting for the committer; each with where its outcome goes.
 struct Ready<U> {
     id: u64,
@@ -43,6 +47,7 @@ pub(super) struct Queue<U> {
     /// files, server on disk) to finish the uploads 20 % sooner but to slow the writer down by
     /// as much, the uploads taking the CPU it needed. The writer is what a user waits for.
     slots: Semaphore,
+    workers: usize,
     /// Uploads under way, each with the signal that abandons it (its file was deleted): an
     /// abandoned upload stops reading its staging file at once, so a deleted file's space is
     /// free when `unlink` returns rather than when a long upload would have ended.
@@ -60,6 +65,7 @@ impl<U> Queue<U> {
             ready_rx: Mutex::new(Some(ready_rx)),
             delay,
             slots: Semaphore::new(workers.max(1)),
+            workers: workers.max(1),
             running: Mutex::new(HashMap::new()),
         }
     }
@@ -80,6 +86,11 @@ impl<U> Queue<U> {
             self.delay
         };
         let _ = self.tx.send((id, Instant::now() + delay));
+    }
+
+    /// Uploads holding a slot: sending their content or waiting for their commit.
+    fn under_way(&self) -> usize {
+        self.workers - self.slots.available_permits()
     }
 
     /// Queues upload `id` to start at once (resumed after a remount).
@@ -280,15 +291,36 @@ impl<R: Remote> Vfs<R> {
     }
 
     /// Commits uploads as their content arrives. Whatever finished while the previous batch was
-    /// being committed goes in the next one: one request and one hold of the namespace lock
-    /// for many small files, and no wait at all when uploads are few.
+    /// being committed goes in the next one, and a batch waits up to [`COMMIT_LINGER`] for the
+    /// uploads under way: one request and one hold of the namespace lock for many small files,
+    /// and no wait at all when one upload is under way.
     async fn commit_loop(self: Arc<Self>, mut ready: mpsc::UnboundedReceiver<Ready<R::Upload>>) {
         while let Some(first) = ready.recv().await {
             let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + COMMIT_LINGER;
             while batch.len() < MAX_COMMIT_BATCH {
-                match ready.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
+                if let Ok(next) = ready.try_recv() {
+                    batch.push(next);
+                    continue;
+                }
+                // Uploads still sending their content are ready in a moment: waiting a little
+                // for them commits them all with one request, one write of the server's
+                // metadata and one sync of the journal, instead of one each. Uploads finish one
+                // by one, so without the wait a burst of small files is committed in batches
+                // of one or two.
+                if batch.len() >= self.uploads.under_way() {
+                    break;
+                }
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                // In steps, to see an upload that had only its slot left to give back go.
+                let step = (deadline - now).min(Duration::from_millis(1));
+                match tokio::time::timeout(step, ready.recv()).await {
+                    Ok(Some(next)) => batch.push(next),
+                    Ok(None) => break,
+                    Err(_) => {}
                 }
             }
             self.commit_batch(batch).await;

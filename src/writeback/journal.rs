@@ -12,9 +12,10 @@
 //! A small file's content travels in its record (`sealed`): `close()` then waits for one sync,
 //! the log's, instead of two (its staging file's and the log's), and the staging file's own
 //! blocks and metadata reach the disk whenever the kernel writes them out. The log keeps that
-//! content until the staging file is known to be on the disk: before a compaction drops it,
-//! the staging files it covers are synced; at open, it is written back into them (a power loss
-//! may have lost their unsynced pages). As it holds plaintext, like the staging files, the log
+//! content until the staging file is known to be on the disk: a compaction carries it over,
+//! unless the log holds more than `COMPACT_INLINE_BYTES` of it, in which case the staging files
+//! are synced first; at open, it is written back into them (a power loss may have lost their
+//! unsynced pages). As it holds plaintext, like the staging files, the log
 //! is also rewritten as soon as no queued file's content depends on it (uploads caught up).
 //!
 //! On-disk format of `journal.log`, a sequence of records:
@@ -29,6 +30,12 @@
 //!
 //! A `put` of an id whose content came `sealed` changes its metadata only: the content stays.
 //!
+//! The records are followed by zeros: the file is extended ahead of its records, with zeros
+//! really written (not `fallocate`d: filling an unwritten extent changes the extent tree),
+//! so that a record lands in blocks the file already has. Its sync (at every `close()` of a written file) then writes
+//! the record and nothing else, where an append also had to write the inode's new size (on
+//! a journaling ext4, a journal commit per `close()`). A length of zero ends the log.
+//!
 //! Replay stops at the first record that is cut short or fails its CRC (a write torn by a
 //! crash: every record before it had returned, the torn one had not). The log is compacted —
 //! the live entries written to `journal.log.new`, synced, renamed over it — when it is opened
@@ -37,6 +44,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -58,6 +66,12 @@ pub const INLINE_MAX: u64 = 64 * 1024;
 
 /// Content bytes in the log beyond which it is compacted (its staging files synced first).
 const COMPACT_INLINE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Bounds of how much the log file grows when a record goes past its end: by its own length,
+/// so that a burst of closes extends it a few times only, while a file closed now and then
+/// after a compaction costs a few pages of zeros, not megabytes.
+const MIN_GROWTH: u64 = 64 * 1024;
+const MAX_GROWTH: u64 = 4 * 1024 * 1024;
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -89,6 +103,10 @@ pub struct Journal {
 
 struct State {
     log: File,
+    /// Where the next record goes: the end of the records, where the zeros start.
+    end: u64,
+    /// The log file's length.
+    len: u64,
     entries: BTreeMap<u64, Entry>,
     /// Records in the log file, live or not.
     records: usize,
@@ -113,12 +131,14 @@ impl Journal {
         if !contents.is_empty() {
             sync_dir(staging)?;
         }
-        let log = rewrite(path, &entries, &BTreeMap::new())?;
+        let (log, end, len) = rewrite(path, &entries, &BTreeMap::new())?;
         Ok(Journal {
             path: path.to_path_buf(),
             staging: staging.to_path_buf(),
             state: Mutex::new(State {
                 log,
+                end,
+                len,
                 records: entries.len(),
                 entries,
                 inline: BTreeSet::new(),
@@ -189,13 +209,27 @@ impl Journal {
         log.sync_data().map_err(|e| io(&self.path, e))
     }
 
-    /// Writes `records` with one `write(2)`, so that a crash tears at most the last of them.
+    /// Writes `records` after the last one with one `write(2)`, so that a crash tears at most
+    /// the last of them. A write that fails leaves the end where it was: the next record
+    /// overwrites whatever part of it reached the file.
     fn append(&self, state: &mut State, records: &[Record]) -> Result<()> {
         let mut buf = Vec::new();
         for record in records {
             encode(&mut buf, record);
         }
-        state.log.write_all(&buf).map_err(|e| io(&self.path, e))?;
+        let end = state.end + buf.len() as u64;
+        let mut len = state.len;
+        if end > len {
+            // Past the zeros: the file grows, in the same write as the records.
+            len = (end + len.clamp(MIN_GROWTH, MAX_GROWTH)).next_multiple_of(4096);
+            buf.resize((len - state.end) as usize, 0);
+        }
+        state
+            .log
+            .write_all_at(&buf, state.end)
+            .map_err(|e| io(&self.path, e))?;
+        state.end = end;
+        state.len = len;
         state.records += records.len();
         Ok(())
     }
@@ -208,34 +242,60 @@ impl Journal {
         if !many && !stale_content && state.inline_bytes <= COMPACT_INLINE_BYTES {
             return Ok(());
         }
-        // The rewritten log holds no content where the staging file holds it, on the disk.
-        // A content whose staging file cannot be synced (gone?) is carried over instead, read
-        // from the log itself: the next open writes it back.
+        // The rewritten log carries the content of the queued files over, read from the log
+        // itself, unless it holds too much of it: then their staging files are synced and the
+        // content goes. Syncing costs a disk flush per file, under the lock that every close()
+        // waits for; a burst of small files being uploaded has a thousand of them queued at
+        // each compaction for too many records, so those carry their content instead.
+        let carry_all = state.inline_bytes <= COMPACT_INLINE_BYTES;
+        let carry: Vec<u64> = if carry_all {
+            state.inline.iter().copied().collect()
+        } else {
+            self.sync_staging(&state.inline)?
+        };
+        let mut carried = BTreeMap::new();
+        if !carry.is_empty() {
+            let bytes = std::fs::read(&self.path).map_err(|e| io(&self.path, e))?;
+            let (_, mut contents) = replay(&bytes);
+            for id in carry {
+                carried.extend(contents.remove_entry(&id));
+            }
+        }
+        if carry_all {
+            let missing: BTreeSet<u64> = state
+                .inline
+                .iter()
+                .filter(|id| !carried.contains_key(id))
+                .copied()
+                .collect();
+            if !missing.is_empty() {
+                // Not in the log after all (cannot happen, barring a bug): on the disk then.
+                self.sync_staging(&missing)?;
+            }
+        }
+        (state.log, state.end, state.len) = rewrite(&self.path, &state.entries, &carried)?;
+        state.records = state.entries.len();
+        state.inline = carried.keys().copied().collect();
+        state.inline_bytes = carried.values().map(|d| d.len() as u64).sum();
+        Ok(())
+    }
+
+    /// Syncs the staging files of `ids` so that the log may drop their content; returns those
+    /// that could not be (gone?), whose content stays in the log: the next open writes it back.
+    fn sync_staging(&self, ids: &BTreeSet<u64>) -> Result<Vec<u64>> {
         let mut failed = Vec::new();
-        for &id in &state.inline {
+        for &id in ids {
             let path = self.staging.join(id.to_string());
             if let Err(error) = File::open(&path).and_then(|f| f.sync_data()) {
                 tracing::warn!(%error, id, "staging file unsynced: its content stays in the log");
                 failed.push(id);
             }
         }
-        if !state.inline.is_empty() {
+        if !ids.is_empty() {
             // Their names too: a staging file may have been renamed from the free ones.
             sync_dir(&self.staging)?;
         }
-        let mut carried = BTreeMap::new();
-        if !failed.is_empty() {
-            let bytes = std::fs::read(&self.path).map_err(|e| io(&self.path, e))?;
-            let (_, mut contents) = replay(&bytes);
-            for id in failed {
-                carried.extend(contents.remove_entry(&id));
-            }
-        }
-        state.log = rewrite(&self.path, &state.entries, &carried)?;
-        state.records = state.entries.len();
-        state.inline = carried.keys().copied().collect();
-        state.inline_bytes = carried.values().map(|d| d.len() as u64).sum();
-        Ok(())
+        Ok(failed)
     }
 }
 
@@ -306,7 +366,8 @@ fn replay(mut bytes: &[u8]) -> (BTreeMap<u64, Entry>, BTreeMap<u64, Vec<u8>>) {
         }
         bytes = &bytes[8 + len..];
     }
-    if !bytes.is_empty() {
+    // The zeros after the records are the log's free space; anything else is a torn record.
+    if bytes.iter().any(|&b| b != 0) {
         tracing::warn!(
             bytes = bytes.len(),
             "the upload journal ends in a torn record (a crash mid-write); ignored"
@@ -316,12 +377,13 @@ fn replay(mut bytes: &[u8]) -> (BTreeMap<u64, Entry>, BTreeMap<u64, Vec<u8>>) {
 }
 
 /// Replaces the log at `path` with one holding just `entries` (with their content for those
-/// in `contents`), durably, and opens it for appending.
+/// in `contents`), durably, and opens it for writing; with its length, where its records
+/// end (the next record extends it).
 fn rewrite(
     path: &Path,
     entries: &BTreeMap<u64, Entry>,
     contents: &BTreeMap<u64, Vec<u8>>,
-) -> Result<File> {
+) -> Result<(File, u64, u64)> {
     let new = path.with_extension("log.new");
     let mut buf = Vec::new();
     for entry in entries.values() {
@@ -333,10 +395,12 @@ fn rewrite(
     if let Some(dir) = path.parent() {
         sync_dir(dir)?;
     }
-    OpenOptions::new()
-        .append(true)
+    let log = OpenOptions::new()
+        .write(true)
         .open(path)
-        .map_err(|e| io(path, e))
+        .map_err(|e| io(path, e))?;
+    let len = buf.len() as u64;
+    Ok((log, len, len))
 }
 
 #[cfg(test)]
@@ -353,6 +417,48 @@ mod tests {
             mtime_ns: 5,
             size: 3,
         }
+    }
+
+    /// The log's records, without the zeros that follow them.
+    fn records(path: &Path) -> Vec<u8> {
+        let mut bytes = std::fs::read(path).unwrap();
+        // A record's payload is JSON and ends in '}', never in a zero.
+        while bytes.last() == Some(&0) {
+            bytes.pop();
+        }
+        bytes
+    }
+
+    #[test]
+    fn records_land_in_blocks_the_log_already_has_and_its_zeros_read_as_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.log");
+        let journal = Journal::open(&path, dir.path()).unwrap();
+        let mut lengths = BTreeSet::new();
+        for id in 1..=2000 {
+            journal.put(&entry(id, "f"), None, &[]).unwrap();
+            lengths.insert(std::fs::metadata(&path).unwrap().len());
+        }
+        let used = records(&path).len() as u64;
+        assert!(used > 100_000, "{used} bytes of records");
+        // Doubling from 64 KiB: a handful of extensions for 2000 records, not one each.
+        assert!(lengths.len() <= 4, "the log grew {} times", lengths.len());
+        let len = *lengths.last().unwrap();
+        assert!(
+            len > used && len % 4096 == 0,
+            "length {len}, records {used}"
+        );
+        drop(journal);
+        let (replayed, _) = replay(&std::fs::read(&path).unwrap());
+        assert_eq!(replayed.len(), 2000);
+        let journal = Journal::open(&path, dir.path()).unwrap();
+        assert_eq!(journal.entries().len(), 2000);
+        journal
+            .put(&entry(9999, "after reopening"), None, &[])
+            .unwrap();
+        drop(journal);
+        let (replayed, _) = replay(&std::fs::read(&path).unwrap());
+        assert_eq!(replayed.len(), 2001);
     }
 
     #[test]
@@ -386,7 +492,7 @@ mod tests {
             journal.put(&entry(1, "a"), None, &[]).unwrap();
             journal.put(&entry(2, "b"), None, &[]).unwrap();
         }
-        let whole = std::fs::read(&path).unwrap();
+        let whole = records(&path);
         for cut in [whole.len() - 1, whole.len() - 20, whole.len() / 2 + 3] {
             std::fs::write(&path, &whole[..cut]).unwrap();
             let journal = Journal::open(&path, dir.path()).unwrap();
@@ -419,7 +525,7 @@ mod tests {
             journal.put(&entry(id, "passing"), None, &[]).unwrap();
             journal.forget(id).unwrap();
         }
-        let len = std::fs::metadata(&path).unwrap().len();
+        let len = records(&path).len();
         assert!(len < 200_000, "the log was not compacted: {len} bytes");
         let replayed: Vec<_> = replay(&std::fs::read(&path).unwrap())
             .0
@@ -486,6 +592,32 @@ mod tests {
     }
 
     #[test]
+    fn compacting_many_records_carries_the_content_over_without_syncing_staging_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.log");
+        let journal = Journal::open(&path, dir.path()).unwrap();
+        std::fs::write(dir.path().join("1"), b"queued").unwrap();
+        journal
+            .put(&entry(1, "queued"), Some(b"queued"), &[])
+            .unwrap();
+        for id in 2..3000 {
+            journal.put(&entry(id, "passing"), None, &[]).unwrap();
+            journal.forget(id).unwrap();
+        }
+        let len = records(&path).len();
+        assert!(len < 200_000, "the log was not compacted: {len} bytes");
+        // Its staging file was never synced, so the log must still hold the content.
+        let (entries, contents) = replay(&std::fs::read(&path).unwrap());
+        assert_eq!(entries.keys().copied().collect::<Vec<_>>(), [1]);
+        assert_eq!(contents.get(&1).map(Vec::as_slice), Some(&b"queued"[..]));
+        // A power loss took the staging file's pages: the next open writes them back.
+        std::fs::write(dir.path().join("1"), b"").unwrap();
+        drop(journal);
+        Journal::open(&path, dir.path()).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("1")).unwrap(), b"queued");
+    }
+
+    #[test]
     fn compaction_syncs_the_staging_files_before_dropping_their_content() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.log");
@@ -501,7 +633,7 @@ mod tests {
                 .unwrap();
             journal.forget(id).unwrap();
         }
-        let len = std::fs::metadata(&path).unwrap().len();
+        let len = records(&path).len() as u64;
         assert!(
             len < COMPACT_INLINE_BYTES * 2,
             "the log was not compacted: {len} bytes"
