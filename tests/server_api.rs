@@ -865,6 +865,94 @@ async fn quota_refuses_uploads_and_leaves_nothing_behind() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The blobs' files outside the temporary folder, and the blocks the packs still take.
+fn stored_blobs(dir: &Path) -> (Vec<PathBuf>, u64) {
+    let mut files = Vec::new();
+    let mut pack_blocks = 0;
+    for path in walk(&dir.join("blobs")) {
+        if path.starts_with(dir.join("blobs/tmp")) {
+            continue;
+        }
+        if path.starts_with(dir.join("blobs/packs")) {
+            if path.extension().is_some_and(|e| e == "pack") {
+                pack_blocks +=
+                    std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&path).unwrap());
+            }
+            continue;
+        }
+        files.push(path);
+    }
+    (files, pack_blocks)
+}
+
+#[tokio::test]
+async fn small_uploads_committed_together_share_a_pack_and_leave_it_when_deleted() {
+    let dir = temp_dir("packs");
+    let server = start(&dir).await;
+    signup(&server, EMAIL, PASSWORD).await;
+    let mut api = Api::new(&server);
+    api.login(EMAIL, PASSWORD).await;
+    let root = api.root().await;
+    let contents: Vec<Vec<u8>> = [1usize, 3000, 100_000, 300_000, 2000]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (0..n).map(|j| (j * 7 + i) as u8).collect())
+        .collect();
+    let mut elements = Vec::new();
+    let mut keys = Vec::new();
+    for (i, plain) in contents.iter().enumerate() {
+        let (key, token) = api.upload(plain, 1).await;
+        elements.push(api.file_element(&token, &key, &format!("f{i}")));
+        keys.push(key);
+    }
+    // One request committing each file with a `p` of its own, as veilfs does; the last one
+    // names a folder that does not exist and is refused.
+    let mut commands: Vec<Value> = elements[..4]
+        .iter()
+        .map(|el| json!({"a": "p", "t": root, "n": [el]}))
+        .collect();
+    commands.push(json!({"a": "p", "t": "AAAAAAAA", "n": [elements[4]]}));
+    let answers = api.cs_raw(serde_json::to_vec(&commands).unwrap()).await;
+    let answers = answers.as_array().unwrap();
+    assert!(
+        answers[..4].iter().all(|a| a["f"].is_array()),
+        "{answers:?}"
+    );
+    assert!(answers[4].is_i64(), "{answers:?}");
+    // Its content was published with the others; the retry into a real folder still works.
+    let retried = api
+        .cmd(json!({"a": "p", "t": root, "n": [elements[4]]}))
+        .await;
+    let mut handles: Vec<String> = answers[..4]
+        .iter()
+        .chain([&retried])
+        .map(|a| a["f"][0]["h"].as_str().unwrap().to_string())
+        .collect();
+    // The four small blobs of that request went into a pack (the refused one's too, ahead of
+    // its `p`); the large one is a file of its own.
+    let (files, pack_blocks) = stored_blobs(&dir);
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(pack_blocks > 0);
+    server.shutdown().await.unwrap();
+
+    let server = start(&dir).await;
+    let mut api2 = Api::new(&server);
+    api2.sid = api.sid.clone();
+    api2.master_key = api.master_key;
+    for ((handle, key), plain) in handles.iter().zip(&keys).zip(&contents) {
+        assert!(
+            api2.download(handle, key).await == *plain,
+            "{handle} differs"
+        );
+    }
+    for handle in handles.drain(..) {
+        assert_eq!(api2.cmd(json!({"a": "d", "n": handle})).await, json!(0));
+    }
+    assert_eq!(stored_blobs(&dir), (Vec::new(), 0), "content left behind");
+    server.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The tree
 
@@ -957,10 +1045,15 @@ async fn tree_commands_move_rename_delete_recursively() {
         api.cmd(json!({"a": "g", "g": 1, "n": file})).await,
         json!(-9)
     );
-    // The content is gone from disk too.
+    // The content is gone from disk too: no blob file, and no block of a pack still taken.
     let blobs: usize = walk(&dir.join("blobs"))
         .into_iter()
         .filter(|p| !p.starts_with(dir.join("blobs/tmp")))
+        .filter(|p| {
+            !p.starts_with(dir.join("blobs/packs"))
+                || (p.extension().is_some_and(|e| e == "pack")
+                    && std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(p).unwrap()) > 0)
+        })
         .count();
     assert_eq!(blobs, 0);
     // A repeated request id replays the answer instead of running the command twice.

@@ -246,6 +246,9 @@ pub async fn process(
         folder_link: query.get("n").cloned(),
         deferred: Default::default(),
     };
+    if let Some(auth) = &auth {
+        publish_ahead(state, &auth.uh, &commands).await;
+    }
     let mut results = Vec::with_capacity(commands.len());
     for command in &commands {
         let result = match command {
@@ -289,6 +292,41 @@ fn answers_json(answers: &[Answer]) -> Vec<u8> {
 }
 
 /// Runs one command.
+/// Publishes together the content of every file the request's `p` commands create: a client
+/// committing many uploads sends a `p` per file in one request, and the blob store makes a batch
+/// durable with one sync (see `packs`) where publishing file by file syncs each. Each `p` still
+/// publishes its own (a no-op now) and reports any failure; a `p` refused after this leaves its
+/// blob published under its completion token, for a retry or for the cleanup at expiry.
+async fn publish_ahead(state: &AppState, uh: &str, commands: &[Value]) {
+    let mut ids = Vec::new();
+    for cmd in commands {
+        if cmd.get("a").and_then(Value::as_str) != Some("p") {
+            continue;
+        }
+        let Some(Value::Array(elements)) = cmd.get("n") else {
+            continue;
+        };
+        for el in elements {
+            if el.get("t").and_then(Value::as_i64) != Some(nodes::TYPE_FILE) {
+                continue;
+            }
+            let Some(h) = el.get("h").and_then(Value::as_str) else {
+                continue;
+            };
+            let token = transfer::normalize_token(h);
+            if let Ok(upload) = transfer::completed_upload(state, uh, &token) {
+                ids.push(upload.id);
+            }
+        }
+    }
+    if ids.len() < 2 {
+        return;
+    }
+    if let Err(error) = state.blobs.publish_many(&ids).await {
+        tracing::debug!(%error, "publishing a request's blobs together failed");
+    }
+}
+
 pub async fn dispatch(ctx: &Ctx<'_>, cmd: &Map<String, Value>) -> ApiResult<Answer> {
     let name = cmd.get("a").and_then(Value::as_str).ok_or(ApiError::Args)?;
     tracing::debug!(command = name, "api command");

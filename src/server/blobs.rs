@@ -9,12 +9,14 @@
 //! Two backends: [`LocalBlobStore`] (a directory) and [`super::s3::S3BlobStore`] (any
 //! S3-compatible bucket).
 
+use super::packs::{self, Packs};
 use crate::direct_io;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Buffered bytes from which a chunk's writing to the disk is started as it arrives.
 const EARLY_WRITEBACK_MIN: u64 = 128 * 1024;
@@ -29,6 +31,13 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Turns sealed temporary blob `id` into permanent blob `id`, durably. Idempotent: a blob
     /// already published is fine (a retry after a crash between publishing and recording).
     async fn publish(&self, id: &str) -> io::Result<()>;
+    /// [`BlobStore::publish`] for several blobs, which a store may make durable together.
+    async fn publish_many(&self, ids: &[String]) -> io::Result<()> {
+        for id in ids {
+            self.publish(id).await?;
+        }
+        Ok(())
+    }
     /// Removes temporary blob `id` if it exists.
     async fn discard_temp(&self, id: &str) -> io::Result<()>;
     /// Reads up to `len` bytes of permanent blob `id` from `offset`.
@@ -39,11 +48,14 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn temp_ids(&self) -> io::Result<Vec<String>>;
 }
 
-/// Blobs as files: `<root>/tmp/<id>` while uploading, `<root>/<id[..2]>/<id>` once published.
+/// Blobs as files: `<root>/tmp/<id>` while uploading, `<root>/<id[..2]>/<id>` once published,
+/// or in a pack (`<root>/packs/`, see [`Packs`]) for blobs up to [`packs::MAX_BLOB`] bytes
+/// published together.
 /// File I/O blocks, so each call runs on tokio's blocking pool.
 #[derive(Clone)]
 pub struct LocalBlobStore {
     root: PathBuf,
+    packs: Arc<Packs>,
 }
 
 /// Blob ids are server-made base64url strings; checking anyway keeps a bug elsewhere from
@@ -74,6 +86,7 @@ impl LocalBlobStore {
         fs::create_dir_all(root.join("tmp"))?;
         Ok(LocalBlobStore {
             root: root.to_path_buf(),
+            packs: Arc::new(Packs::open(&root.join("packs"))?),
         })
     }
 
@@ -128,7 +141,44 @@ impl LocalBlobStore {
         file.set_len(size)
     }
 
-    fn publish_sync(&self, id: &str) -> io::Result<()> {
+    /// Publishes `ids`: the small ones, when there are several, into a pack with one sync of
+    /// it and one of its index; the others as files of their own (a lone blob costs two syncs
+    /// either way: its file's and its folder's, or the pack's and its index's).
+    fn publish_many_sync(&self, ids: &[String]) -> io::Result<()> {
+        let mut small = Vec::new();
+        let mut files = Vec::new();
+        for id in ids {
+            if self.packs.contains(id) {
+                continue;
+            }
+            match fs::metadata(self.temp_path(id)?) {
+                Ok(meta) if meta.len() <= packs::MAX_BLOB => small.push(id),
+                _ => files.push(id),
+            }
+        }
+        if small.len() < 2 {
+            files.append(&mut small);
+        }
+        for id in files {
+            self.publish_file(id)?;
+        }
+        if small.is_empty() {
+            return Ok(());
+        }
+        let small = small
+            .into_iter()
+            .map(|id| Ok((id.clone(), fs::read(self.temp_path(id)?)?)))
+            .collect::<io::Result<Vec<_>>>()?;
+        self.packs.add(&small)?;
+        for (id, _) in &small {
+            // Once packed, a leftover temporary blob is only space: it goes at the next start.
+            let _ = self.discard_temp_sync(id);
+        }
+        Ok(())
+    }
+
+    /// Publishes `id` as a file of its own.
+    fn publish_file(&self, id: &str) -> io::Result<()> {
         let from = self.temp_path(id)?;
         let to = self.blob_path(id)?;
         let dir = to.parent().expect("blob paths have a parent");
@@ -152,6 +202,9 @@ impl LocalBlobStore {
     }
 
     fn read_sync(&self, id: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        if let Some(data) = self.packs.read(id, offset, len)? {
+            return Ok(data);
+        }
         let file = File::open(self.blob_path(id)?)?;
         let mut buf = vec![0u8; len];
         let mut filled = 0;
@@ -178,6 +231,9 @@ impl LocalBlobStore {
     }
 
     fn delete_sync(&self, id: &str) -> io::Result<()> {
+        if self.packs.delete(id)? {
+            return Ok(());
+        }
         match fs::remove_file(self.blob_path(id)?) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -219,8 +275,13 @@ impl BlobStore for LocalBlobStore {
     }
 
     async fn publish(&self, id: &str) -> io::Result<()> {
-        let id = id.to_string();
-        blocking(self, move |s| s.publish_sync(&id)).await
+        let ids = vec![id.to_string()];
+        blocking(self, move |s| s.publish_many_sync(&ids)).await
+    }
+
+    async fn publish_many(&self, ids: &[String]) -> io::Result<()> {
+        let ids = ids.to_vec();
+        blocking(self, move |s| s.publish_many_sync(&ids)).await
     }
 
     async fn discard_temp(&self, id: &str) -> io::Result<()> {
@@ -312,6 +373,47 @@ mod tests {
         store.publish(id).await.unwrap();
         let back = store.read(id, 0, size + 10).await.unwrap();
         assert!(back[..] == blob[..], "the published blob differs");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_batch_publishes_small_blobs_into_a_pack_and_large_ones_as_files() {
+        let dir = tempdir("batch");
+        let store = LocalBlobStore::open(&dir).unwrap();
+        let sizes = [
+            1usize,
+            1024,
+            packs::MAX_BLOB as usize,
+            packs::MAX_BLOB as usize + 1,
+        ];
+        let mut blobs = Vec::new();
+        for (i, size) in sizes.into_iter().enumerate() {
+            let id = format!("batch{i:03}");
+            let data: Vec<u8> = (0..size).map(|j| (j * 13 + i) as u8).collect();
+            let pieces = vec![Bytes::from(data.clone())];
+            store.write_temp(&id, 0, pieces).await.unwrap();
+            store.seal_temp(&id, size as u64).await.unwrap();
+            blobs.push((id, data));
+        }
+        let ids: Vec<String> = blobs.iter().map(|(id, _)| id.clone()).collect();
+        store.publish_many(&ids).await.unwrap();
+        // Again, as a `p` after its request published ahead: nothing to do, no error.
+        store.publish(&ids[1]).await.unwrap();
+        assert!(store.temp_ids().await.unwrap().is_empty());
+        assert!(store.packs.contains(&ids[2]) && !store.packs.contains(&ids[3]));
+        assert!(store.blob_path(&ids[3]).unwrap().exists());
+        let reopened = LocalBlobStore::open(&dir).unwrap();
+        for (id, data) in &blobs {
+            let back = reopened.read(id, 0, data.len() + 5).await.unwrap();
+            assert!(back[..] == data[..], "{id} differs");
+        }
+        for id in &ids {
+            reopened.delete(id).await.unwrap();
+            assert!(
+                reopened.read(id, 0, 1).await.is_err(),
+                "{id} still readable"
+            );
+        }
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -23,6 +23,7 @@ pub mod errors;
 pub mod filen;
 pub mod links;
 pub mod nodes;
+pub mod packs;
 pub mod ratelimit;
 pub mod s3;
 pub mod secret;

@@ -182,24 +182,34 @@ pub async fn discard_completed(
     state.store.apply(writes).await?;
     for (_, upload) in uploads {
         state.blobs.discard_temp(&upload.id).await?;
+        // Published ahead of its `p` (see `api::publish_ahead`): no node refers to it.
+        state.blobs.delete(&upload.id).await?;
     }
     Ok(())
 }
 
 /// At startup: removes temporary blobs no completed upload refers to (uploads cut by the
-/// restart) and completed uploads never turned into nodes within the upload lifetime.
+/// restart) and completed uploads never turned into nodes within the upload lifetime, with
+/// their content.
 pub async fn discard_orphan_temps(state: &AppState) -> ApiResult<()> {
     let ttl = state.config.upload_ttl.as_secs() as i64;
     let mut keep = std::collections::HashSet::new();
+    let mut expired = Vec::new();
     let mut writes = Writes::new();
     for (key, upload) in state.store.scan::<CompletedUpload>(&keys::uploads())? {
         if now() - upload.created > ttl {
             writes.remove(key);
+            expired.push(upload.id);
         } else {
             keep.insert(upload.id);
         }
     }
     state.store.apply_lazy(writes)?;
+    for id in expired {
+        // Its content may have been published ahead of a `p` that was refused and never
+        // retried (see `api::publish_ahead`); no node refers to it.
+        state.blobs.delete(&id).await?;
+    }
     for id in state.blobs.temp_ids().await? {
         if !keep.contains(&id) {
             state.blobs.discard_temp(&id).await?;
