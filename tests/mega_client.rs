@@ -508,6 +508,30 @@ async fn a_commit_batch_makes_each_file_on_its_own_and_replaces_only_after_succe
     assert!(results[1].is_err(), "a reused token must fail on its own");
     let in_a = results[2].as_ref().expect("the third file is committed");
     assert_eq!(in_a.wire.p, folder);
+    // Several files of one folder go in one `p`; each answer is its own file's.
+    let (k3, u3) = client
+        .upload_data(&write("n3", b"three"), |_| {})
+        .await
+        .unwrap();
+    let (k4, u4) = client
+        .upload_data(&write("n4", b"four"), |_| {})
+        .await
+        .unwrap();
+    let (a3, a4) = (attrs("three"), attrs("four"));
+    let together =
+        [(&k3, &u3, &a3), (&k4, &u4, &a4)].map(|(key, uploaded, attributes)| UploadCommit {
+            parent: &folder,
+            key,
+            uploaded,
+            attributes,
+            replaces: None,
+        });
+    let results = client.commit_uploads(&together).await.unwrap();
+    let names: Vec<_> = results
+        .iter()
+        .map(|r| r.as_ref().unwrap().name().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["three", "four"]);
 
     let (after, _) = login(&f).await.fetch_tree().await.unwrap();
     let names_in = |parent: &str| {
@@ -520,7 +544,7 @@ async fn a_commit_batch_makes_each_file_on_its_own_and_replaces_only_after_succe
         v
     };
     assert_eq!(names_in(&root), ["A", "doc", "kept"]);
-    assert_eq!(names_in(&folder), ["in A ✓"]);
+    assert_eq!(names_in(&folder), ["four", "in A ✓", "three"]);
     assert!(
         after.iter().all(|n| n.wire.h != old),
         "the replaced node is gone"

@@ -2,6 +2,7 @@
 //! read and change its node tree.
 
 use serde_json::{Map, Value, json};
+use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::RwLock;
@@ -401,9 +402,11 @@ impl MegaClient {
             .expect("one result per upload")
     }
 
-    /// Commits many uploads in one request: a `p` per file (each may land in another folder
-    /// and fail on its own), then, in a second request, a `d` for each node replaced by a file
-    /// that now exists — never before, so a failed `p` leaves the old content in place. The
+    /// Commits many uploads in one request: a `p` per folder with all of that folder's files
+    /// (one write of the server's metadata instead of one per file), then, in a second
+    /// request, a `d` for each node replaced by a file that now exists — never before, so a
+    /// failed `p` leaves the old content in place. A `p` is all or nothing: one refused with
+    /// several files is sent again file by file, so that each upload gets its own answer. The
     /// outer error is the request's; each upload has its own result.
     ///
     /// A replaced node that cannot be deleted is logged and left: the new content is safe
@@ -412,7 +415,7 @@ impl MegaClient {
         &self,
         items: &[UploadCommit<'_>],
     ) -> Result<Vec<Result<DecryptedNode>>> {
-        let commands: Vec<Value> = {
+        let elements: Vec<Value> = {
             let keys = self.keys.read().expect("key ring lock");
             items
                 .iter()
@@ -421,29 +424,68 @@ impl MegaClient {
                         key: item.key.clone(),
                         meta_mac: item.uploaded.meta_mac,
                     };
-                    let node = new_node_element(
+                    new_node_element(
                         &keys,
                         &item.uploaded.token,
                         wire::NODE_FILE,
                         &key,
                         item.attributes,
-                    );
-                    self.tagged(json!({"a": "p", "t": item.parent, "n": [node]}))
+                    )
                 })
                 .collect()
         };
-        let answers = self.api.batch(commands).await?;
-        let mut results = Vec::with_capacity(items.len());
-        let mut replaced = Vec::new();
-        for (item, answer) in items.iter().zip(answers) {
-            let node = answer.and_then(|a| created_node(&a));
-            if node.is_ok()
-                && let Some(old) = item.replaces
-            {
-                replaced.push(old);
-            }
-            results.push(node.map(|n| self.decrypt(n)));
+        // The items of each folder, folders in the order they first appear.
+        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        let mut group_of: HashMap<&str, usize> = HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            let g = *group_of.entry(item.parent).or_insert_with(|| {
+                groups.push((item.parent, Vec::new()));
+                groups.len() - 1
+            });
+            groups[g].1.push(i);
         }
+        let put = |parent: &str, members: &[usize]| {
+            let n: Vec<Value> = members.iter().map(|&i| elements[i].clone()).collect();
+            self.tagged(json!({"a": "p", "t": parent, "n": n}))
+        };
+        let commands = groups.iter().map(|(parent, m)| put(parent, m)).collect();
+        let answers = self.api.batch(commands).await?;
+        let mut results: Vec<Option<Result<DecryptedNode>>> = items.iter().map(|_| None).collect();
+        let mut one_by_one = Vec::new();
+        for ((_, members), answer) in groups.iter().zip(answers) {
+            match answer.and_then(|a| created_nodes(&a, members.len())) {
+                Ok(nodes) => {
+                    for (&i, node) in members.iter().zip(nodes) {
+                        results[i] = Some(Ok(self.decrypt(node)));
+                    }
+                }
+                Err(_) if members.len() > 1 => one_by_one.extend(members.iter().copied()),
+                Err(e) => results[members[0]] = Some(Err(e)),
+            }
+        }
+        if !one_by_one.is_empty() {
+            let commands = one_by_one
+                .iter()
+                .map(|&i| put(items[i].parent, &[i]))
+                .collect();
+            let answers = self.api.batch(commands).await?;
+            for (&i, answer) in one_by_one.iter().zip(answers) {
+                let node = answer
+                    .and_then(|a| created_nodes(&a, 1))
+                    .map(|mut n| n.remove(0));
+                results[i] = Some(node.map(|n| self.decrypt(n)));
+            }
+        }
+        let results: Vec<Result<DecryptedNode>> = results
+            .into_iter()
+            .map(|r| r.expect("every upload has an answer"))
+            .collect();
+        let replaced: Vec<&str> = items
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_ok())
+            .filter_map(|(item, _)| item.replaces)
+            .collect();
         if !replaced.is_empty() {
             let commands = replaced
                 .iter()
@@ -533,7 +575,7 @@ impl MegaClient {
             .api
             .call(self.tagged(json!({"a": "p", "t": parent, "n": [element]})))
             .await?;
-        let node = created_node(&answer)?;
+        let node = created_nodes(&answer, 1)?.remove(0);
         Ok(self.decrypt(node))
     }
 
@@ -673,11 +715,21 @@ fn new_node_element(
 }
 
 /// The node a `p` of one element created.
-fn created_node(answer: &Value) -> Result<WireNode> {
-    let node = answer
+/// The `count` nodes a `p` answered with, in the order they were asked for.
+fn created_nodes(answer: &Value, count: usize) -> Result<Vec<WireNode>> {
+    let mut nodes: Vec<WireNode> = answer
         .get("f")
-        .and_then(|f| f.get(0))
         .cloned()
-        .ok_or_else(|| MegaError::malformed("p answer without the new node"))?;
-    serde_json::from_value(node).map_err(|e| MegaError::malformed(format!("p: {e}")))
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| MegaError::malformed(format!("p: {e}")))?
+        .unwrap_or_default();
+    if nodes.len() < count {
+        return Err(MegaError::malformed(format!(
+            "p answered {} nodes for {count}",
+            nodes.len()
+        )));
+    }
+    nodes.truncate(count);
+    Ok(nodes)
 }
