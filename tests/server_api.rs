@@ -1046,16 +1046,7 @@ async fn tree_commands_move_rename_delete_recursively() {
         json!(-9)
     );
     // The content is gone from disk too: no blob file, and no block of a pack still taken.
-    let blobs: usize = walk(&dir.join("blobs"))
-        .into_iter()
-        .filter(|p| !p.starts_with(dir.join("blobs/tmp")))
-        .filter(|p| {
-            !p.starts_with(dir.join("blobs/packs"))
-                || (p.extension().is_some_and(|e| e == "pack")
-                    && std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(p).unwrap()) > 0)
-        })
-        .count();
-    assert_eq!(blobs, 0);
+    assert_eq!(stored_blobs(&dir), (Vec::new(), 0));
     // A repeated request id replays the answer instead of running the command twice.
     api.id += 1;
     let path = format!("cs?id={}&sid={}", api.id, api.sid.as_ref().unwrap());

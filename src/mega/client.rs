@@ -714,7 +714,6 @@ fn new_node_element(
     })
 }
 
-/// The node a `p` of one element created.
 /// The `count` nodes a `p` answered with, in the order they were asked for.
 fn created_nodes(answer: &Value, count: usize) -> Result<Vec<WireNode>> {
     let mut nodes: Vec<WireNode> = answer

@@ -291,12 +291,12 @@ fn answers_json(answers: &[Answer]) -> Vec<u8> {
     body
 }
 
-/// Runs one command.
 /// Publishes together the content of every file the request's `p` commands create: a client
-/// committing many uploads sends a `p` per file in one request, and the blob store makes a batch
-/// durable with one sync (see `packs`) where publishing file by file syncs each. Each `p` still
-/// publishes its own (a no-op now) and reports any failure; a `p` refused after this leaves its
-/// blob published under its completion token, for a retry or for the cleanup at expiry.
+/// committing many uploads sends them in one request (veilfs a `p` per folder, other clients a
+/// `p` per file), and the local blob store makes a batch durable with one sync (see `packs`)
+/// where publishing file by file syncs each. Each `p` still publishes its own (a no-op now) and
+/// reports any failure; a `p` refused after this leaves its blob published under its
+/// completion token, for a retry or for the cleanup at expiry.
 async fn publish_ahead(state: &AppState, uh: &str, commands: &[Value]) {
     let mut ids = Vec::new();
     for cmd in commands {
@@ -322,11 +322,12 @@ async fn publish_ahead(state: &AppState, uh: &str, commands: &[Value]) {
     if ids.len() < 2 {
         return;
     }
-    if let Err(error) = state.blobs.publish_many(&ids).await {
+    if let Err(error) = state.blobs.publish_together(&ids).await {
         tracing::debug!(%error, "publishing a request's blobs together failed");
     }
 }
 
+/// Runs one command.
 pub async fn dispatch(ctx: &Ctx<'_>, cmd: &Map<String, Value>) -> ApiResult<Answer> {
     let name = cmd.get("a").and_then(Value::as_str).ok_or(ApiError::Args)?;
     tracing::debug!(command = name, "api command");

@@ -31,11 +31,12 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Turns sealed temporary blob `id` into permanent blob `id`, durably. Idempotent: a blob
     /// already published is fine (a retry after a crash between publishing and recording).
     async fn publish(&self, id: &str) -> io::Result<()>;
-    /// [`BlobStore::publish`] for several blobs, which a store may make durable together.
-    async fn publish_many(&self, ids: &[String]) -> io::Result<()> {
-        for id in ids {
-            self.publish(id).await?;
-        }
+    /// Publishes ahead, together, those of `ids` a store can make durable together more
+    /// cheaply than one by one; `publish` of each still follows (a no-op for those). A store
+    /// that gains nothing from it does nothing: publishing each twice would cost it a second
+    /// round of requests.
+    async fn publish_together(&self, ids: &[String]) -> io::Result<()> {
+        let _ = ids;
         Ok(())
     }
     /// Removes temporary blob `id` if it exists.
@@ -279,7 +280,7 @@ impl BlobStore for LocalBlobStore {
         blocking(self, move |s| s.publish_many_sync(&ids)).await
     }
 
-    async fn publish_many(&self, ids: &[String]) -> io::Result<()> {
+    async fn publish_together(&self, ids: &[String]) -> io::Result<()> {
         let ids = ids.to_vec();
         blocking(self, move |s| s.publish_many_sync(&ids)).await
     }
@@ -396,7 +397,7 @@ mod tests {
             blobs.push((id, data));
         }
         let ids: Vec<String> = blobs.iter().map(|(id, _)| id.clone()).collect();
-        store.publish_many(&ids).await.unwrap();
+        store.publish_together(&ids).await.unwrap();
         // Again, as a `p` after its request published ahead: nothing to do, no error.
         store.publish(&ids[1]).await.unwrap();
         assert!(store.temp_ids().await.unwrap().is_empty());

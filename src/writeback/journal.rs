@@ -32,9 +32,10 @@
 //!
 //! The records are followed by zeros: the file is extended ahead of its records, with zeros
 //! really written (not `fallocate`d: filling an unwritten extent changes the extent tree),
-//! so that a record lands in blocks the file already has. Its sync (at every `close()` of a written file) then writes
-//! the record and nothing else, where an append also had to write the inode's new size (on
-//! a journaling ext4, a journal commit per `close()`). A length of zero ends the log.
+//! so that a record lands in blocks the file already has. Its sync (at every `close()` of a
+//! written file) then writes the record and nothing else, where an append also had to write
+//! the inode's new size (on a journaling ext4, a journal commit per `close()`). A length of
+//! zero ends the log.
 //!
 //! Replay stops at the first record that is cut short or fails its CRC (a write torn by a
 //! crash: every record before it had returned, the torn one had not). The log is compacted —
