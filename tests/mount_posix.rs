@@ -5,7 +5,9 @@ mod common;
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -44,6 +46,24 @@ fn set_mtime(p: &Path, secs: i64, nsec: i64) {
         p.display(),
         std::io::Error::last_os_error()
     );
+}
+
+/// The errno of `getxattr(path, name)` (it must fail).
+fn xattr_errno(path: &Path, name: &str) -> i32 {
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
+    let mut value = [0u8; 64];
+    // SAFETY: both strings are NUL-terminated and `value` outlives the call.
+    let rc = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    assert_eq!(rc, -1, "getxattr succeeded");
+    std::io::Error::last_os_error().raw_os_error().unwrap()
 }
 
 fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
@@ -120,6 +140,21 @@ fn posix_operations_and_their_persistence_across_remounts() {
         libc::EPERM
     );
     assert_eq!(errno_of(fs::remove_dir(f.path("a/b"))), libc::ENOTEMPTY);
+    // Extended attributes are not stored: the answers of a file system without them, the
+    // same for the first call and the ones the kernel answers itself after it.
+    for _ in 0..2 {
+        assert_eq!(xattr_errno(&f.path("moved"), "user.tag"), libc::EOPNOTSUPP);
+    }
+    let h = fs::File::open(f.path("moved")).unwrap();
+    let mut tty = std::mem::MaybeUninit::<libc::termios>::uninit();
+    // SAFETY: TCGETS fills a termios of the caller's, which outlives the call.
+    let rc = unsafe { libc::ioctl(h.as_raw_fd(), libc::TCGETS, tty.as_mut_ptr()) };
+    assert_eq!(rc, -1, "a file is not a terminal");
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::ENOTTY)
+    );
+    drop(h);
     assert_eq!(errno_of(fs::remove_file(f.path("a"))), libc::EISDIR);
     assert_eq!(errno_of(fs::read(f.path("missing"))), libc::ENOENT);
     fs::create_dir(f.path("gone")).unwrap();

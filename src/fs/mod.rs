@@ -15,9 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    INodeNo, IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use futures_util::FutureExt;
 use tracing::Instrument;
@@ -602,6 +602,9 @@ impl<R: Remote> Filesystem for FuseFs<R> {
 
     // ----- not offered -----
     // Extended attributes: not stored (yet), so refuse rather than silently drop them.
+    // `getxattr` answers ENOSYS: the kernel then answers every later one itself (EOPNOTSUPP,
+    // what a file system without extended attributes gives). It asks for `security.capability`
+    // before each write to a file, so an answer here would cost a round trip per write.
 
     fn setxattr(
         &self,
@@ -624,7 +627,23 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        reply.error(Errno::ENODATA);
+        reply.error(Errno::ENOSYS);
+    }
+
+    /// No ioctls: ENOTTY, what userspace expects of a file that is not a terminal (Python's
+    /// `open` asks each file it opens whether it is one). fuser's default logs a warning each time.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
