@@ -774,3 +774,134 @@ async fn a_streamed_fetch_declares_a_folder_complete_only_after_all_its_children
     unique.dedup();
     assert_eq!(unique.len(), claimed.len(), "a folder declared twice");
 }
+
+/// A TCP relay in front of the server that counts the API requests (`POST /cs`) passing
+/// through it and holds each for 100 ms. Returns its URL.
+fn counting_relay(server_url: &str, api_requests: Arc<AtomicU64>) -> String {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let upstream = server_url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let server = TcpStream::connect(&upstream).unwrap();
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let counter = api_requests.clone();
+            std::thread::spawn(move || {
+                // Keeps the last bytes of each read, so a request line split across two
+                // reads is still seen once.
+                let (mut buf, mut tail) = ([0u8; 65536], Vec::new());
+                while let Ok(n) = c_in.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    tail.extend_from_slice(&buf[..n]);
+                    let hits = tail.windows(8).filter(|w| w == b"POST /cs").count();
+                    counter.fetch_add(hits as u64, Ordering::SeqCst);
+                    if hits > 0 {
+                        // A slow link: what starts meanwhile has time to queue, however busy
+                        // the machine running the test.
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                    if s_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    let keep = tail.len().min(7);
+                    tail.drain(..tail.len() - keep);
+                }
+                let _ = s_out.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut s_in, mut c_out) = (server, client);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_in, &mut c_out);
+                let _ = c_out.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    url
+}
+
+/// Uploads that start together ask for their upload URLs (`u`) in a few requests, not one
+/// each; each still gets a URL of its own, and an upload abandoned while it waits leaves the
+/// others to finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploads_starting_together_share_their_url_requests() {
+    const FILES: usize = 32;
+    let f = fixture("urls@example.com").await;
+    let api_requests = Arc::new(AtomicU64::new(0));
+    let url = counting_relay(&f.server.url(), api_requests.clone());
+    let client = Arc::new(
+        MegaClient::login(
+            &url,
+            &credentials(&f.email, PASSWORD),
+            RetryPolicy::quick(),
+            TransferOptions::default(),
+        )
+        .await
+        .unwrap(),
+    );
+    let (nodes, _) = client.fetch_tree().await.unwrap();
+    let root = root(&nodes);
+    let dir = tempfile::tempdir().unwrap();
+    let contents: Vec<Vec<u8>> = (0..FILES).map(|i| pattern(100 + i * 37, i as u8)).collect();
+    let paths: Vec<_> = contents
+        .iter()
+        .enumerate()
+        .map(|(i, data)| {
+            let path = dir.path().join(format!("f{i}"));
+            std::fs::write(&path, data).unwrap();
+            path
+        })
+        .collect();
+
+    let before = api_requests.load(Ordering::SeqCst);
+    let tasks: Vec<_> = paths
+        .iter()
+        .map(|path| {
+            let (client, path) = (client.clone(), path.clone());
+            tokio::spawn(async move { client.upload_data(&path, |_| {}).await })
+        })
+        .collect();
+    // Abandoned at once: their commands may be in a request already, or still waiting.
+    let abandoned: Vec<_> = (0..4)
+        .map(|i| {
+            let (client, path) = (client.clone(), paths[i].clone());
+            tokio::spawn(async move { client.upload_data(&path, |_| {}).await })
+        })
+        .collect();
+    for task in abandoned {
+        task.abort();
+    }
+    let mut uploads = Vec::new();
+    for task in tasks {
+        uploads.push(task.await.unwrap().unwrap());
+    }
+    let requests = api_requests.load(Ordering::SeqCst) - before;
+    assert!(
+        requests <= (FILES / 4) as u64,
+        "{requests} API requests for {FILES} upload URLs"
+    );
+
+    let names: Vec<_> = (0..FILES).map(|i| attrs(&format!("f{i}"))).collect();
+    let items: Vec<_> = uploads
+        .iter()
+        .zip(&names)
+        .map(|((key, uploaded), name)| UploadCommit {
+            parent: &root,
+            key,
+            uploaded,
+            attributes: name,
+            replaces: None,
+        })
+        .collect();
+    let results = client.commit_uploads(&items).await.unwrap();
+    for (i, result) in results.iter().enumerate() {
+        let node = result.as_ref().expect("committed");
+        assert_eq!(download(&client, node).await, contents[i], "file {i}");
+    }
+}

@@ -5,7 +5,7 @@ use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::path::Path;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use super::api::ApiClient;
 use super::error::{MegaError, Result};
@@ -13,6 +13,7 @@ use super::fetch::{FetchEvent, Groups, StreamedFetch};
 use super::nodes::{DecryptedNode, KeyRing, NodeKey};
 use super::session::{Credentials, Session};
 use super::transfer::{self, DownloadInfo, TransferOptions};
+use super::upload_urls::UploadUrls;
 use super::wire::{self, ActionPackets, FetchNodes, WireNode};
 use crate::crypto::mega::{self as mc, FileKey};
 use crate::retry::RetryPolicy;
@@ -53,7 +54,9 @@ pub enum NewContent {
 }
 
 pub struct MegaClient {
-    api: ApiClient,
+    api: Arc<ApiClient>,
+    /// The `u` of uploads that start together, sent in one request.
+    upload_urls: UploadUrls,
     session: Session,
     keys: RwLock<KeyRing>,
     options: TransferOptions,
@@ -115,7 +118,9 @@ impl MegaClient {
 
     fn with_session(api: ApiClient, session: Session, options: TransferOptions) -> Result<Self> {
         let keys = session.key_ring()?;
+        let api = Arc::new(api);
         Ok(MegaClient {
+            upload_urls: UploadUrls::new(api.clone(), options),
             api,
             session,
             keys: RwLock::new(keys),
@@ -375,8 +380,13 @@ impl MegaClient {
         progress: impl Fn(u64) + Send + Sync + 'static,
     ) -> Result<(FileKey, transfer::UploadedData)> {
         let file_key = FileKey::generate();
+        let size = transfer::local_size(path)?;
+        let resume = transfer::UploadResume {
+            url: self.upload_urls.get(size).await?,
+            ..Default::default()
+        };
         let uploaded =
-            transfer::upload_file(&self.api, path, &file_key, self.options, progress).await?;
+            transfer::upload_to(&self.api, path, &file_key, &resume, progress, |_, _| {}).await?;
         Ok((file_key, uploaded))
     }
 

@@ -11,6 +11,7 @@ pub mod remote;
 pub mod session;
 pub mod signup;
 pub mod transfer;
+pub mod upload_urls;
 pub mod wire;
 
 pub use api::ApiClient;

@@ -32,7 +32,7 @@ pub struct TransferOptions {
 }
 
 impl TransferOptions {
-    fn ssl(self) -> u8 {
+    pub(crate) fn ssl(self) -> u8 {
         if self.force_https { 2 } else { 0 }
     }
 }
@@ -60,42 +60,19 @@ pub fn upload_posts(size: u64) -> Vec<std::ops::Range<u64>> {
     posts
 }
 
-/// Uploads the plaintext file at `path` encrypted under `key`. `progress` is called with the
-/// number of bytes each finished POST carried.
-pub async fn upload_file(
-    api: &ApiClient,
-    path: &Path,
-    key: &FileKey,
-    options: TransferOptions,
-    progress: impl Fn(u64) + Send + Sync + 'static,
-) -> Result<UploadedData> {
-    let size = local_size(path)?;
-    let url = upload_url(api, size, options).await?;
-    let resume = UploadResume {
-        url,
-        ..UploadResume::default()
-    };
-    upload_to(api, path, key, &resume, progress, |_, _| {}).await
-}
-
 /// The size of the local file at `path`: one `stat` of a file we just wrote or are about to
 /// read, answered from the inode cache, so asked directly rather than on the blocking pool.
-fn local_size(path: &Path) -> Result<u64> {
+pub fn local_size(path: &Path) -> Result<u64> {
     Ok(std::fs::metadata(path)
         .map_err(|e| MegaError::Network(format!("reading {}: {e}", path.display())))?
         .len())
 }
 
-/// Asks for an upload URL for `size` bytes (`u`).
+/// Asks for an upload URL for `size` bytes (`u`) in a request of its own (see
+/// `upload_urls.rs` for uploads that start together).
 pub async fn upload_url(api: &ApiClient, size: u64, options: TransferOptions) -> Result<String> {
-    let answer = api
-        .call(json!({"a": "u", "s": size, "ssl": options.ssl(), "v": 2, "ms": 0, "r": 0, "e": 0}))
-        .await?;
-    Ok(answer
-        .get("p")
-        .and_then(|p| p.as_str())
-        .ok_or_else(|| MegaError::malformed("upload answer without p"))?
-        .to_string())
+    let answer = api.call(super::upload_urls::command(size, options)).await?;
+    super::upload_urls::url_of(&answer)
 }
 
 /// Where an upload stands: its URL, the POSTs (by start offset) the server has acknowledged,
