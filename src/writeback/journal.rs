@@ -102,6 +102,13 @@ pub struct Journal {
     state: Mutex<State>,
 }
 
+/// Where a record is in the log: its offset and its length (header included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    at: u64,
+    len: usize,
+}
+
 struct State {
     log: File,
     /// Where the next record goes: the end of the records, where the zeros start.
@@ -111,8 +118,9 @@ struct State {
     entries: BTreeMap<u64, Entry>,
     /// Records in the log file, live or not.
     records: usize,
-    /// Live entries whose content is in the log and whose staging file may not be on the disk.
-    inline: BTreeSet<u64>,
+    /// Live entries whose content is in the log and whose staging file may not be on the disk,
+    /// each with where its `sealed` record is: a compaction reads just those records back.
+    inline: BTreeMap<u64, Span>,
     /// Content bytes in the log.
     inline_bytes: u64,
 }
@@ -132,7 +140,7 @@ impl Journal {
         if !contents.is_empty() {
             sync_dir(staging)?;
         }
-        let (log, end, len) = rewrite(path, &entries, &BTreeMap::new())?;
+        let (log, end, len, _) = rewrite(path, &entries, &BTreeMap::new())?;
         Ok(Journal {
             path: path.to_path_buf(),
             staging: staging.to_path_buf(),
@@ -142,7 +150,7 @@ impl Journal {
                 len,
                 records: entries.len(),
                 entries,
-                inline: BTreeSet::new(),
+                inline: BTreeMap::new(),
                 inline_bytes: 0,
             }),
         })
@@ -154,10 +162,10 @@ impl Journal {
         let mut records = vec![Record::of(entry, data)];
         records.extend(forgotten.iter().map(|&id| Record::Forget(id)));
         let mut state = self.state.lock();
-        self.append(&mut state, &records)?;
+        let first = self.append(&mut state, &records)?;
         state.entries.insert(entry.id, entry.clone());
         if let Some(data) = data {
-            state.inline.insert(entry.id);
+            state.inline.insert(entry.id, first);
             state.inline_bytes += data.len() as u64;
         }
         for id in forgotten {
@@ -212,12 +220,18 @@ impl Journal {
 
     /// Writes `records` after the last one with one `write(2)`, so that a crash tears at most
     /// the last of them. A write that fails leaves the end where it was: the next record
-    /// overwrites whatever part of it reached the file.
-    fn append(&self, state: &mut State, records: &[Record]) -> Result<()> {
+    /// overwrites whatever part of it reached the file. Returns where the first record went.
+    fn append(&self, state: &mut State, records: &[Record]) -> Result<Span> {
         let mut buf = Vec::new();
+        let mut first = None;
         for record in records {
             encode(&mut buf, record);
+            first.get_or_insert(buf.len());
         }
+        let first = Span {
+            at: state.end,
+            len: first.unwrap_or(0),
+        };
         let end = state.end + buf.len() as u64;
         let mut len = state.len;
         if end > len {
@@ -232,7 +246,7 @@ impl Journal {
         state.end = end;
         state.len = len;
         state.records += records.len();
-        Ok(())
+        Ok(first)
     }
 
     fn maybe_compact(&self, state: &mut State) -> Result<()> {
@@ -249,34 +263,40 @@ impl Journal {
         // waits for; a burst of small files being uploaded has a thousand of them queued at
         // each compaction for too many records, so those carry their content instead.
         let carry_all = state.inline_bytes <= COMPACT_INLINE_BYTES;
+        let queued: BTreeSet<u64> = state.inline.keys().copied().collect();
         let carry: Vec<u64> = if carry_all {
-            state.inline.iter().copied().collect()
+            queued.iter().copied().collect()
         } else {
-            self.sync_staging(&state.inline)?
+            self.sync_staging(&queued)?
         };
+        // Only the records carried over are read back, not the whole log: with thousands of
+        // files closed since the last compaction, most of what the log holds is dead.
         let mut carried = BTreeMap::new();
-        if !carry.is_empty() {
-            let bytes = std::fs::read(&self.path).map_err(|e| io(&self.path, e))?;
-            let (_, mut contents) = replay(&bytes);
-            for id in carry {
-                carried.extend(contents.remove_entry(&id));
+        for id in carry {
+            let span = state.inline[&id];
+            let mut record = vec![0; span.len];
+            state
+                .log
+                .read_exact_at(&mut record, span.at)
+                .map_err(|e| io(&self.path, e))?;
+            if let Some(data) = sealed_content(&record, id) {
+                carried.insert(id, data);
             }
         }
         if carry_all {
-            let missing: BTreeSet<u64> = state
-                .inline
-                .iter()
+            let missing: BTreeSet<u64> = queued
+                .into_iter()
                 .filter(|id| !carried.contains_key(id))
-                .copied()
                 .collect();
             if !missing.is_empty() {
                 // Not in the log after all (cannot happen, barring a bug): on the disk then.
                 self.sync_staging(&missing)?;
             }
         }
-        (state.log, state.end, state.len) = rewrite(&self.path, &state.entries, &carried)?;
+        let spans;
+        (state.log, state.end, state.len, spans) = rewrite(&self.path, &state.entries, &carried)?;
         state.records = state.entries.len();
-        state.inline = carried.keys().copied().collect();
+        state.inline = spans;
         state.inline_bytes = carried.values().map(|d| d.len() as u64).sum();
         Ok(())
     }
@@ -335,6 +355,21 @@ fn encode(buf: &mut Vec<u8>, record: &Record) {
     buf.extend_from_slice(&payload);
 }
 
+/// The content in `record` (one whole record, header included) if it is the intact `sealed`
+/// record of upload `id`.
+fn sealed_content(record: &[u8], id: u64) -> Option<Vec<u8>> {
+    let len = u32::from_le_bytes(record.get(0..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(record.get(4..8)?.try_into().ok()?);
+    let payload = record.get(8..8 + len)?;
+    if crc32fast::hash(payload) != crc {
+        return None;
+    }
+    match serde_json::from_slice(payload).ok()? {
+        Record::Sealed { entry, data } if entry.id == id => B64.decode(data).ok(),
+        _ => None,
+    }
+}
+
 /// What a log holds, up to its first torn or corrupt record: the live entries, and the
 /// contents that came in `sealed` records of live entries.
 fn replay(mut bytes: &[u8]) -> (BTreeMap<u64, Entry>, BTreeMap<u64, Vec<u8>>) {
@@ -378,18 +413,24 @@ fn replay(mut bytes: &[u8]) -> (BTreeMap<u64, Entry>, BTreeMap<u64, Vec<u8>>) {
 }
 
 /// Replaces the log at `path` with one holding just `entries` (with their content for those
-/// in `contents`), durably, and opens it for writing; with its length, where its records
-/// end (the next record extends it).
+/// in `contents`), durably, and opens it for reading and writing; with its length, where its
+/// records end (the next record extends it) and where the records holding `contents` are.
 fn rewrite(
     path: &Path,
     entries: &BTreeMap<u64, Entry>,
     contents: &BTreeMap<u64, Vec<u8>>,
-) -> Result<(File, u64, u64)> {
+) -> Result<(File, u64, u64, BTreeMap<u64, Span>)> {
     let new = path.with_extension("log.new");
     let mut buf = Vec::new();
+    let mut spans = BTreeMap::new();
     for entry in entries.values() {
         let data = contents.get(&entry.id).map(Vec::as_slice);
+        let at = buf.len();
         encode(&mut buf, &Record::of(entry, data));
+        if data.is_some() {
+            let len = buf.len() - at;
+            spans.insert(entry.id, Span { at: at as u64, len });
+        }
     }
     write_synced(&new, &buf)?;
     std::fs::rename(&new, path).map_err(|e| io(path, e))?;
@@ -397,11 +438,12 @@ fn rewrite(
         sync_dir(dir)?;
     }
     let log = OpenOptions::new()
+        .read(true)
         .write(true)
         .open(path)
         .map_err(|e| io(path, e))?;
     let len = buf.len() as u64;
-    Ok((log, len, len))
+    Ok((log, len, len, spans))
 }
 
 #[cfg(test)]
@@ -601,15 +643,21 @@ mod tests {
         journal
             .put(&entry(1, "queued"), Some(b"queued"), &[])
             .unwrap();
-        for id in 2..3000 {
+        // Three compactions: the content is carried from the record it came in, then from
+        // the rewritten logs; renamed between two of them.
+        for id in 2..7000 {
             journal.put(&entry(id, "passing"), None, &[]).unwrap();
             journal.forget(id).unwrap();
+            if id == 3000 {
+                journal.update(&entry(1, "renamed")).unwrap();
+            }
         }
         let len = records(&path).len();
         assert!(len < 200_000, "the log was not compacted: {len} bytes");
         // Its staging file was never synced, so the log must still hold the content.
         let (entries, contents) = replay(&std::fs::read(&path).unwrap());
         assert_eq!(entries.keys().copied().collect::<Vec<_>>(), [1]);
+        assert_eq!(entries[&1].name, "renamed");
         assert_eq!(contents.get(&1).map(Vec::as_slice), Some(&b"queued"[..]));
         // A power loss took the staging file's pages: the next open writes them back.
         std::fs::write(dir.path().join("1"), b"").unwrap();
