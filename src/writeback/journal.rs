@@ -355,17 +355,26 @@ fn encode(buf: &mut Vec<u8>, record: &Record) {
     buf.extend_from_slice(&payload);
 }
 
-/// The content in `record` (one whole record, header included) if it is the intact `sealed`
-/// record of upload `id`.
-fn sealed_content(record: &[u8], id: u64) -> Option<Vec<u8>> {
-    let len = u32::from_le_bytes(record.get(0..4)?.try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(record.get(4..8)?.try_into().ok()?);
-    let payload = record.get(8..8 + len)?;
+/// The record at the start of `bytes`, with its length (header included), if it is whole and
+/// intact.
+fn decode(bytes: &[u8]) -> Option<(Record, usize)> {
+    let len = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
+    if len > MAX_RECORD {
+        return None;
+    }
+    let payload = bytes.get(8..8 + len)?;
     if crc32fast::hash(payload) != crc {
         return None;
     }
-    match serde_json::from_slice(payload).ok()? {
-        Record::Sealed { entry, data } if entry.id == id => B64.decode(data).ok(),
+    Some((serde_json::from_slice(payload).ok()?, 8 + len))
+}
+
+/// The content in `record` (one whole record, header included) if it is the intact `sealed`
+/// record of upload `id`.
+fn sealed_content(record: &[u8], id: u64) -> Option<Vec<u8>> {
+    match decode(record)? {
+        (Record::Sealed { entry, data }, _) if entry.id == id => B64.decode(data).ok(),
         _ => None,
     }
 }
@@ -375,32 +384,22 @@ fn sealed_content(record: &[u8], id: u64) -> Option<Vec<u8>> {
 fn replay(mut bytes: &[u8]) -> (BTreeMap<u64, Entry>, BTreeMap<u64, Vec<u8>>) {
     let mut entries = BTreeMap::new();
     let mut contents = BTreeMap::new();
-    while bytes.len() >= 8 {
-        let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
-        if len > MAX_RECORD || bytes.len() < 8 + len {
-            break;
-        }
-        let payload = &bytes[8..8 + len];
-        if crc32fast::hash(payload) != crc {
-            break;
-        }
-        match serde_json::from_slice::<Record>(payload) {
-            Ok(Record::Put(entry)) => {
+    while let Some((record, used)) = decode(bytes) {
+        match record {
+            Record::Put(entry) => {
                 entries.insert(entry.id, entry);
             }
-            Ok(Record::Sealed { entry, data }) => {
+            Record::Sealed { entry, data } => {
                 let Ok(data) = B64.decode(data) else { break };
                 contents.insert(entry.id, data);
                 entries.insert(entry.id, entry);
             }
-            Ok(Record::Forget(id)) => {
+            Record::Forget(id) => {
                 entries.remove(&id);
                 contents.remove(&id);
             }
-            Err(_) => break,
         }
-        bytes = &bytes[8 + len..];
+        bytes = &bytes[used..];
     }
     // The zeros after the records are the log's free space; anything else is a torn record.
     if bytes.iter().any(|&b| b != 0) {
