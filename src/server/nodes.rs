@@ -327,7 +327,15 @@ pub async fn put(ctx: &Ctx<'_>, cmd: &Map<String, Value>) -> ApiResult<Value> {
         return Err(ApiError::OverQuota);
     }
     for (_, upload) in &uploads {
-        state.blobs.publish(&upload.id).await?;
+        state.blobs.publish(&upload.id).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                // The content is gone (held in memory by a server that restarted since, see
+                // `blobs::Held`): as for an unknown token, the client uploads again.
+                ApiError::NotFound
+            } else {
+                e.into()
+            }
+        })?;
     }
     let mut writes = Writes::new();
     for node in &created {

@@ -369,9 +369,14 @@ pub async fn upload_chunk(
     {
         return upload_error(ApiError::Key);
     }
-    if len > 0
-        && let Err(e) = state.blobs.write_temp(&id, offset, pieces).await
-    {
+    let written = if offset == 0 && end == size {
+        state.blobs.write_whole_temp(&id, pieces).await
+    } else if len > 0 {
+        state.blobs.write_temp(&id, offset, pieces).await
+    } else {
+        Ok(())
+    };
+    if let Err(e) = written {
         return upload_error(e.into());
     }
     let finish = {
