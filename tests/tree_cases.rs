@@ -411,15 +411,34 @@ fn our_own_upload_replacing_a_node_leaves_the_kernel_cache_alone_unless_it_diffe
     assert!(inval.is_empty(), "{inval:?}");
     assert_eq!(tree.ino_of(Handle::from_u64(3)), Some(x));
     assert_eq!(tree.node(x).unwrap().key, uploaded.key);
-    // The next upload of it lands with another mtime: the kernel's attributes are stale.
+    // The next upload of it lands with another size and mtime: those are what the kernel was
+    // shown while the content was local (`Vfs::stat_of` shows the local file's), so nothing
+    // it holds is stale; the tree takes them.
     let mut again = file(4, 1, "x");
-    again.size = staged.size;
+    again.size = staged.size + 10;
     again.mtime_ns += 1;
     let inval = tree
         .apply_changes(
             [Change::Replace {
                 old: Handle::from_u64(3),
-                node: again,
+                node: again.clone(),
+            }],
+            None,
+        )
+        .unwrap();
+    assert!(inval.is_empty(), "{inval:?}");
+    let attr = tree.getattr(x).unwrap();
+    assert_eq!((attr.size, attr.mtime_ns), (again.size, again.mtime_ns));
+    // A mode that differs is still news to the kernel.
+    let mut moded = file(5, 1, "x");
+    moded.size = again.size;
+    moded.mtime_ns = again.mtime_ns;
+    moded.mode = Some(0o600);
+    let inval = tree
+        .apply_changes(
+            [Change::Replace {
+                old: Handle::from_u64(4),
+                node: moded,
             }],
             None,
         )

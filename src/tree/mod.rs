@@ -619,13 +619,15 @@ impl Tree {
         // Creation time orders duplicates of a name; alone, it renames nothing (an upload of
         // ours gets the server's time, a little after the local one).
         let reordered = e.created != node.created;
-        // What the kernel caches: attributes, and the content behind the key.
+        // What the kernel caches: attributes, and the content behind the key. After this
+        // mount's own upload, the size and mtime are those the kernel was shown all along
+        // (`Vfs::stat_of` shows a file's local ones while it has local content): telling it
+        // to drop them cost a notification per uploaded file, and a GETATTR at its next stat.
         let visible = e.kind != node.kind
-            || e.size != node.size
-            || e.mtime_ns != node.mtime_ns
             || e.mode != node.mode
             || e.symlink.as_deref() != node.symlink.as_deref()
-            || (*e.key != *node.key && !same_content);
+            || (!same_content
+                && (e.size != node.size || e.mtime_ns != node.mtime_ns || *e.key != *node.key));
         let meta_changed = visible || *e.key != *node.key || *e.attrs != *attrs;
         if visible {
             b.inval(Invalidation::Inode(ino));

@@ -78,7 +78,7 @@ impl<R: Remote> Vfs<R> {
         if meta != Meta::of(&node) {
             let updated = with_meta(&node, &meta);
             self.retarget_queued(&updated)?;
-            self.apply(vec![Change::Upsert(updated)])?;
+            self.apply_setattr(ino, Change::Upsert(updated))?;
         }
         Ok(true)
     }

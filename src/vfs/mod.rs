@@ -418,14 +418,32 @@ impl<R: Remote> Vfs<R> {
     /// had right (rsync's chmod, utimensat and rename of each file it has just written). A
     /// name the tree shows otherwise (a duplicate given a suffix meanwhile) is invalidated.
     fn apply_own(&self, changes: Vec<Change>, own: &[(u64, &str, Option<Handle>)]) -> Result<()> {
-        let mut tree = self.tree.write();
-        let mut inval = tree.apply_changes(changes, None)?;
-        inval.retain(|i| match i {
+        self.apply_telling(changes, |tree, i| match i {
             Invalidation::Entry { parent, name } => !own.iter().any(|&(p, n, handle)| {
                 p == *parent && n == name && tree.peek(p, n) == handle.and_then(|h| tree.ino_of(h))
             }),
             Invalidation::Inode(_) => true,
-        });
+        })
+    }
+
+    /// Applies a `setattr`'s change of the mode or times of `ino`. The reply carries its new
+    /// attributes, and the content is the same. Invalidating them as well would cost more than
+    /// a wake-up: the kernel discards a reply's attributes when an invalidation came while the
+    /// request was under way, so the next `stat` would ask again. rsync sets the mode or times
+    /// of each file three times, and each time this cost a GETATTR.
+    fn apply_setattr(&self, ino: u64, change: Change) -> Result<()> {
+        self.apply_telling(vec![change], |_, i| *i != Invalidation::Inode(ino))
+    }
+
+    /// Applies `changes` and tells the kernel the invalidations that `tell` keeps.
+    fn apply_telling(
+        &self,
+        changes: Vec<Change>,
+        tell: impl Fn(&Tree, &Invalidation) -> bool,
+    ) -> Result<()> {
+        let mut tree = self.tree.write();
+        let mut inval = tree.apply_changes(changes, None)?;
+        inval.retain(|i| tell(&tree, i));
         drop(tree);
         self.notify(&inval);
         Ok(())
@@ -845,7 +863,7 @@ impl<R: Remote> Vfs<R> {
             let meta = self.meta_after(ino, &node, set)?;
             if meta != Meta::of(&node) {
                 let updated = self.set_meta_of(&node, &meta).await?;
-                self.apply(vec![Change::Upsert(updated)])?;
+                self.apply_setattr(ino, Change::Upsert(updated))?;
             }
         }
         self.getattr(ino)
