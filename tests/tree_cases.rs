@@ -427,6 +427,24 @@ fn our_own_upload_replacing_a_node_leaves_the_kernel_cache_alone_unless_it_diffe
         )
         .unwrap();
     assert!(inval.is_empty(), "{inval:?}");
+    // Even with the same key and attributes (only the size and mtime moved), the tree takes them.
+    let mut same_key = file(6, 1, "x");
+    same_key.key = again.key.clone();
+    same_key.attrs = again.attrs.clone();
+    same_key.size = again.size + 1;
+    same_key.mtime_ns = again.mtime_ns + 1;
+    let inval = tree
+        .apply_changes(
+            [Change::Replace {
+                old: Handle::from_u64(4),
+                node: same_key.clone(),
+            }],
+            None,
+        )
+        .unwrap();
+    assert!(inval.is_empty(), "{inval:?}");
+    assert_eq!(tree.getattr(x).unwrap().size, again.size + 1);
+    let again = same_key;
     let attr = tree.getattr(x).unwrap();
     assert_eq!((attr.size, attr.mtime_ns), (again.size, again.mtime_ns));
     // A mode that differs is still news to the kernel.
@@ -437,7 +455,7 @@ fn our_own_upload_replacing_a_node_leaves_the_kernel_cache_alone_unless_it_diffe
     let inval = tree
         .apply_changes(
             [Change::Replace {
-                old: Handle::from_u64(4),
+                old: Handle::from_u64(6),
                 node: moded,
             }],
             None,

@@ -628,7 +628,11 @@ impl Tree {
             || e.symlink.as_deref() != node.symlink.as_deref()
             || (!same_content
                 && (e.size != node.size || e.mtime_ns != node.mtime_ns || *e.key != *node.key));
-        let meta_changed = visible || *e.key != *node.key || *e.attrs != *attrs;
+        let meta_changed = visible
+            || e.size != node.size
+            || e.mtime_ns != node.mtime_ns
+            || *e.key != *node.key
+            || *e.attrs != *attrs;
         if visible {
             b.inval(Invalidation::Inode(ino));
         }
