@@ -1249,49 +1249,6 @@ async fn sessions_can_be_listed_revoked_and_ended() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A small upload that arrives in one request is held in memory until its `p` (no temporary
-/// file: see `blobs::Held`). A restart in between loses it: that `p` answers ENOENT, like an
-/// unknown token, so the client uploads again; a chunked upload's temporary file stays.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_small_upload_held_in_memory_is_lost_with_a_restart_and_its_put_says_enoent() {
-    let dir = temp_dir("held");
-    let server = start(&dir).await;
-    signup(&server, EMAIL, PASSWORD).await;
-    let mut api = Api::new(&server);
-    api.login(EMAIL, PASSWORD).await;
-    let root = api.root().await;
-    let small = b"held in memory, never a file".to_vec();
-    let chunked: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
-    let (small_key, small_token) = api.upload(&small, 1).await;
-    let (chunked_key, chunked_token) = api.upload(&chunked, 2).await;
-    let tmp = || std::fs::read_dir(dir.join("blobs/tmp")).unwrap().count();
-    assert_eq!(tmp(), 1, "only the chunked upload has a temporary file");
-    server.shutdown().await.unwrap();
-
-    let server = start(&dir).await;
-    let mut api2 = Api::new(&server);
-    api2.sid = api.sid.clone();
-    api2.master_key = api.master_key;
-    let el = api2.file_element(&small_token, &small_key, "lost");
-    assert_eq!(
-        api2.cmd(json!({"a": "p", "t": root, "n": [el]})).await,
-        json!(-9)
-    );
-    let el = api2.file_element(&chunked_token, &chunked_key, "kept");
-    let put = api2.cmd(json!({"a": "p", "t": root, "n": [el]})).await;
-    let kept = put["f"][0]["h"].as_str().unwrap().to_string();
-    assert_eq!(api2.download(&kept, &chunked_key).await, chunked);
-    // Uploaded again, the small file lands.
-    let (key, token) = api2.upload(&small, 1).await;
-    let el = api2.file_element(&token, &key, "again");
-    let put = api2.cmd(json!({"a": "p", "t": root, "n": [el]})).await;
-    let again = put["f"][0]["h"].as_str().unwrap().to_string();
-    assert_eq!(api2.download(&again, &key).await, small);
-    assert_eq!(tmp(), 0);
-    server.shutdown().await.unwrap();
-    let _ = std::fs::remove_dir_all(dir);
-}
-
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -1344,6 +1301,49 @@ async fn restart_on_the_same_data_dir_keeps_everything() {
     )
     .unwrap();
     assert_eq!(ecb_decrypt(&api3.master_key, &wrapped).unwrap().len(), 16);
+    server.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A small upload that arrives in one request is held in memory until its `p` (no temporary
+/// file: see `blobs::Held`). A restart in between loses it: that `p` answers ENOENT, like an
+/// unknown token, so the client uploads again; a chunked upload's temporary file stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_upload_held_in_memory_is_lost_with_a_restart_and_its_put_says_enoent() {
+    let dir = temp_dir("held");
+    let server = start(&dir).await;
+    signup(&server, EMAIL, PASSWORD).await;
+    let mut api = Api::new(&server);
+    api.login(EMAIL, PASSWORD).await;
+    let root = api.root().await;
+    let small = b"held in memory, never a file".to_vec();
+    let chunked: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    let (small_key, small_token) = api.upload(&small, 1).await;
+    let (chunked_key, chunked_token) = api.upload(&chunked, 2).await;
+    let tmp = || std::fs::read_dir(dir.join("blobs/tmp")).unwrap().count();
+    assert_eq!(tmp(), 1, "only the chunked upload has a temporary file");
+    server.shutdown().await.unwrap();
+
+    let server = start(&dir).await;
+    let mut api2 = Api::new(&server);
+    api2.sid = api.sid.clone();
+    api2.master_key = api.master_key;
+    let el = api2.file_element(&small_token, &small_key, "lost");
+    assert_eq!(
+        api2.cmd(json!({"a": "p", "t": root, "n": [el]})).await,
+        json!(-9)
+    );
+    let el = api2.file_element(&chunked_token, &chunked_key, "kept");
+    let put = api2.cmd(json!({"a": "p", "t": root, "n": [el]})).await;
+    let kept = put["f"][0]["h"].as_str().unwrap().to_string();
+    assert_eq!(api2.download(&kept, &chunked_key).await, chunked);
+    // Uploaded again, the small file lands.
+    let (key, token) = api2.upload(&small, 1).await;
+    let el = api2.file_element(&token, &key, "again");
+    let put = api2.cmd(json!({"a": "p", "t": root, "n": [el]})).await;
+    let again = put["f"][0]["h"].as_str().unwrap().to_string();
+    assert_eq!(api2.download(&again, &key).await, small);
+    assert_eq!(tmp(), 0);
     server.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
