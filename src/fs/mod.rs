@@ -165,21 +165,6 @@ fn attr(st: &Stat) -> FileAttr {
     }
 }
 
-/// A `lookup` answer for a name that does not exist: node id 0 means "no such entry, for the
-/// entry timeout".
-fn negative_entry() -> FileAttr {
-    attr(&Stat {
-        ino: 0,
-        kind: Kind::File,
-        size: 0,
-        perm: 0,
-        mtime_ns: 0,
-        crtime: 0,
-        uid: 0,
-        gid: 0,
-    })
-}
-
 /// A name from the kernel; names that are not UTF-8 cannot be stored remotely.
 fn name_of(name: &OsStr) -> Result<String, VfsError> {
     name.to_str()
@@ -207,15 +192,12 @@ impl<R: Remote> Filesystem for FuseFs<R> {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_of(name);
-        match name.and_then(|n| self.vfs.lookup(parent.0, &n)) {
-            // A name that does not exist is answered as a negative entry the kernel may keep
-            // for the TTL, as it keeps names that do exist: a name that appears later is
-            // pushed as an invalidation, which drops a negative entry too. An ENOENT instead
-            // made the kernel ask again at each use of the name (rsync looks each new file's
-            // name up before writing it and again when renaming its temporary file over it).
-            Err(VfsError::NotFound) => reply.entry(&self.ttl, &negative_entry(), Generation(0)),
-            result => reply_entry("lookup", reply, self.ttl, result),
-        }
+        reply_entry(
+            "lookup",
+            reply,
+            self.ttl,
+            name.and_then(|n| self.vfs.lookup(parent.0, &n)),
+        );
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
