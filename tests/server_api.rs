@@ -1322,12 +1322,16 @@ async fn a_small_upload_held_in_memory_is_lost_with_a_restart_and_its_put_says_e
     let (chunked_key, chunked_token) = api.upload(&chunked, 2).await;
     let tmp = || std::fs::read_dir(dir.join("blobs/tmp")).unwrap().count();
     assert_eq!(tmp(), 1, "only the chunked upload has a temporary file");
+    let (sid, master_key) = (api.sid.clone(), api.master_key);
+    // The client goes first: its idle connections would keep the old server's state (and
+    // its metadata store's lock) alive past the shutdown.
+    drop(api);
     server.shutdown().await.unwrap();
 
     let server = start(&dir).await;
     let mut api2 = Api::new(&server);
-    api2.sid = api.sid.clone();
-    api2.master_key = api.master_key;
+    api2.sid = sid;
+    api2.master_key = master_key;
     let el = api2.file_element(&small_token, &small_key, "lost");
     assert_eq!(
         api2.cmd(json!({"a": "p", "t": root, "n": [el]})).await,
