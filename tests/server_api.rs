@@ -1269,13 +1269,16 @@ async fn restart_on_the_same_data_dir_keeps_everything() {
     let (file, key) = api.put_file(&folder, &content, "kept.bin").await;
     let before = api.fetch().await;
     let old_sid = api.sid.clone();
+    let master_key = api.master_key;
+    // The client goes first: its idle connections would keep the old server's state alive.
+    drop(api);
     server.shutdown().await.unwrap();
 
     let server = start(&dir).await;
     let mut api2 = Api::new(&server);
     // The old session survived the restart.
     api2.sid = old_sid;
-    api2.master_key = api.master_key;
+    api2.master_key = master_key;
     let after = api2.fetch().await;
     assert_eq!(after["f"], before["f"]);
     assert_eq!(after["sn"], before["sn"]);
@@ -1283,7 +1286,7 @@ async fn restart_on_the_same_data_dir_keeps_everything() {
     // And a fresh login works.
     let mut api3 = Api::new(&server);
     api3.login(EMAIL, PASSWORD).await;
-    assert_eq!(api3.master_key, api.master_key);
+    assert_eq!(api3.master_key, master_key);
     assert_eq!(api3.download(&file, &key).await, content);
     let wrapped: [u8; 16] = b64_decode_array(
         after["f"]
