@@ -274,10 +274,8 @@ impl LocalBlobStore {
         sync_dir(dir)
     }
 
+    /// Removes the file of temporary blob `id` (a held one is dropped by `discard_temp`).
     fn discard_temp_sync(&self, id: &str) -> io::Result<()> {
-        if self.held.lock().remove(id).is_some() {
-            return Ok(());
-        }
         match fs::remove_file(self.temp_path(id)?) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),

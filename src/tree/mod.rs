@@ -623,16 +623,13 @@ impl Tree {
         // mount's own upload, the size and mtime are those the kernel was shown all along
         // (`Vfs::stat_of` shows a file's local ones while it has local content): telling it
         // to drop them cost a notification per uploaded file, and a GETATTR at its next stat.
+        let content_moved =
+            e.size != node.size || e.mtime_ns != node.mtime_ns || *e.key != *node.key;
         let visible = e.kind != node.kind
             || e.mode != node.mode
             || e.symlink.as_deref() != node.symlink.as_deref()
-            || (!same_content
-                && (e.size != node.size || e.mtime_ns != node.mtime_ns || *e.key != *node.key));
-        let meta_changed = visible
-            || e.size != node.size
-            || e.mtime_ns != node.mtime_ns
-            || *e.key != *node.key
-            || *e.attrs != *attrs;
+            || (content_moved && !same_content);
+        let meta_changed = visible || content_moved || *e.attrs != *attrs;
         if visible {
             b.inval(Invalidation::Inode(ino));
         }
