@@ -6,12 +6,17 @@
 //! commands per request (as its own clients send them), so the `u` of uploads that start while
 //! another is being asked for wait for that answer and go together in the next request.
 //!
-//! A lone upload is never delayed: with nothing in flight its `u` is sent at once. The requests
-//! are sent by a task of their own, so that an upload abandoned while it waits (its file was
+//! A lone upload is never delayed: with nothing in flight its `u` is sent at once. But in a
+//! burst (10 000 small files written one after another) uploads start one at a time, each
+//! about as long after the last as a request takes, so requests still held one `u` each (949
+//! requests for 1 000 files). So a request waits until [`LINGER`] after the previous answer,
+//! gathering the uploads that start meanwhile; a `u` after a quiet spell goes at once. The
+//! requests are sent by a task of their own, so that an upload abandoned while it waits (its file was
 //! deleted) cannot strand the others waiting with it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -23,6 +28,9 @@ use super::transfer::TransferOptions;
 
 /// Most `u` commands in one request: the answer is a URL each, a few kilobytes in all.
 const MAX_BATCH: usize = 64;
+
+/// How long after an answer the next request waits (see the module's doc).
+const LINGER: Duration = Duration::from_millis(2);
 
 /// The `u` command for an upload of `size` bytes.
 pub fn command(size: u64, options: TransferOptions) -> Value {
@@ -44,6 +52,7 @@ pub struct UploadUrls {
     api: Arc<ApiClient>,
     options: TransferOptions,
     queue: Arc<Mutex<Queue>>,
+    linger: Duration,
 }
 
 #[derive(Default)]
@@ -51,6 +60,8 @@ struct Queue {
     waiting: VecDeque<Waiter>,
     /// A sender task is running: it takes what is waiting when its request is answered.
     sending: bool,
+    /// When the last answer came.
+    last_answer: Option<tokio::time::Instant>,
 }
 
 struct Waiter {
@@ -62,10 +73,15 @@ struct Waiter {
 
 impl UploadUrls {
     pub fn new(api: Arc<ApiClient>, options: TransferOptions) -> Self {
+        Self::with_linger(api, options, LINGER)
+    }
+
+    fn with_linger(api: Arc<ApiClient>, options: TransferOptions, linger: Duration) -> Self {
         UploadUrls {
             api,
             options,
             queue: Arc::default(),
+            linger,
         }
     }
 
@@ -77,7 +93,7 @@ impl UploadUrls {
             attempt: 0,
             reply,
         };
-        enqueue(&self.api, &self.queue, self.options, waiter);
+        enqueue(&self.api, &self.queue, self.options, self.linger, waiter);
         answer
             .await
             .map_err(|_| MegaError::Network("the upload URL request was dropped".into()))?
@@ -89,6 +105,7 @@ fn enqueue(
     api: &Arc<ApiClient>,
     queue: &Arc<Mutex<Queue>>,
     options: TransferOptions,
+    linger: Duration,
     waiter: Waiter,
 ) {
     let start = {
@@ -97,13 +114,28 @@ fn enqueue(
         !std::mem::replace(&mut queue.sending, true)
     };
     if start {
-        tokio::spawn(send_waiting(api.clone(), queue.clone(), options));
+        tokio::spawn(send_waiting(api.clone(), queue.clone(), options, linger));
     }
 }
 
 /// Sends what waits, a request at a time, until nothing does.
-async fn send_waiting(api: Arc<ApiClient>, queue: Arc<Mutex<Queue>>, options: TransferOptions) {
+async fn send_waiting(
+    api: Arc<ApiClient>,
+    queue: Arc<Mutex<Queue>>,
+    options: TransferOptions,
+    linger: Duration,
+) {
     loop {
+        let until = {
+            let queue = queue.lock();
+            queue
+                .last_answer
+                .filter(|_| queue.waiting.len() < MAX_BATCH)
+                .map(|at| at + linger)
+        };
+        if let Some(until) = until {
+            tokio::time::sleep_until(until).await;
+        }
         let batch: Vec<Waiter> = {
             let mut queue = queue.lock();
             if queue.waiting.is_empty() {
@@ -114,7 +146,9 @@ async fn send_waiting(api: Arc<ApiClient>, queue: Arc<Mutex<Queue>>, options: Tr
             queue.waiting.drain(..n).collect()
         };
         let commands = batch.iter().map(|w| command(w.size, options)).collect();
-        let results = match api.batch(commands).await {
+        let answer = api.batch(commands).await;
+        queue.lock().last_answer = Some(tokio::time::Instant::now());
+        let results = match answer {
             Ok(results) => results,
             Err(error) => {
                 // The request as a whole failed (retries spent, session gone …): each waiter
@@ -136,7 +170,7 @@ async fn send_waiting(api: Arc<ApiClient>, queue: Arc<Mutex<Queue>>, options: Tr
                             let (api, queue) = (api.clone(), queue.clone());
                             tokio::spawn(async move {
                                 tokio::time::sleep(delay).await;
-                                enqueue(&api, &queue, options, waiter);
+                                enqueue(&api, &queue, options, linger, waiter);
                             });
                         }
                         None => {
@@ -241,6 +275,40 @@ mod tests {
         assert_eq!(first.await.unwrap().unwrap(), "http://up/0");
         assert_eq!(second.await.unwrap().unwrap(), "http://up/1");
         assert_eq!(third.await.unwrap().unwrap(), "http://up/2");
+        assert_eq!(*seen.lock(), vec![1, 2, 1]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn uploads_starting_one_after_another_share_a_request_but_one_after_a_pause_goes_at_once()
+    {
+        let (url, seen) = canned_api(vec![
+            r#"[{"p":"http://up/0"}]"#,
+            r#"[{"p":"http://up/1"},{"p":"http://up/2"}]"#,
+            r#"[{"p":"http://up/3"}]"#,
+        ]);
+        let api = Arc::new(ApiClient::new(&url, RetryPolicy::quick()).unwrap());
+        let linger = Duration::from_millis(400);
+        let urls = Arc::new(UploadUrls::with_linger(
+            api,
+            TransferOptions::default(),
+            linger,
+        ));
+        let get = |size| {
+            let urls = urls.clone();
+            tokio::spawn(async move { urls.get(size).await })
+        };
+        // A burst: each upload starts after the previous one got its URL.
+        assert_eq!(get(10).await.unwrap().unwrap(), "http://up/0");
+        let second = get(20);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let third = get(30);
+        assert_eq!(second.await.unwrap().unwrap(), "http://up/1");
+        assert_eq!(third.await.unwrap().unwrap(), "http://up/2");
+        // After a quiet spell, no waiting.
+        tokio::time::sleep(linger).await;
+        let started = std::time::Instant::now();
+        assert_eq!(get(40).await.unwrap().unwrap(), "http://up/3");
+        assert!(started.elapsed() < linger, "{:?}", started.elapsed());
         assert_eq!(*seen.lock(), vec![1, 2, 1]);
     }
 
