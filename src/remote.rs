@@ -199,6 +199,21 @@ pub trait Remote: Send + Sync + 'static {
     /// as it is now.
     fn set_meta(&self, node: &Node, meta: &Meta) -> impl Future<Output = Result<Node>> + Send;
 
+    /// [`Remote::set_meta`] of several nodes: a result each, in order. A service that takes
+    /// several commands per request sends them together; by default, one after another.
+    fn set_meta_many(
+        &self,
+        changes: &[(Node, Meta)],
+    ) -> impl Future<Output = Vec<Result<Node>>> + Send {
+        async move {
+            let mut results = Vec::with_capacity(changes.len());
+            for (node, meta) in changes {
+                results.push(self.set_meta(node, meta).await);
+            }
+            results
+        }
+    }
+
     /// Moves a node under another folder; returns the node as it is now.
     fn move_to(&self, node: &Node, parent: &Node) -> impl Future<Output = Result<Node>> + Send;
 

@@ -499,3 +499,47 @@ fn a_node_whose_key_we_lack_is_listed_with_its_size_and_refuses_access() {
     // Everything else still works.
     assert_eq!(fs::read(f.path("ordinary")).unwrap(), b"readable");
 }
+
+/// A folder's mode and time are set here at once, without the server (`vfs/attrs.rs`): they
+/// survive a SIGKILL of the daemon through the journal, and reach the server after the
+/// restart; a rename right after a change keeps both.
+#[test]
+fn a_folders_mode_and_time_are_set_without_the_server_and_reach_it_after_a_sigkill() {
+    let mut f = MountFixture::new();
+    fs::create_dir(f.path("kept")).unwrap();
+    fs::create_dir(f.path("before")).unwrap();
+    f.pause_server(true);
+    let kept = f.path("kept");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        fs::set_permissions(&kept, fs::Permissions::from_mode(0o701)).unwrap();
+        set_mtime(&kept, 1_000_000_000, 123_456_789);
+        tx.send(()).unwrap();
+    });
+    let answered = rx.recv_timeout(Duration::from_secs(10));
+    let shown = (
+        fs::metadata(f.path("kept")).unwrap().mode() & 0o7777,
+        mtime_ns(&f.path("kept")),
+    );
+    f.kill();
+    f.pause_server(false);
+    answered.expect("chmod and utimensat of a folder waited for the server");
+    assert_eq!(shown, (0o701, 1_000_000_000_123_456_789));
+
+    f.mount();
+    fs::set_permissions(f.path("before"), fs::Permissions::from_mode(0o711)).unwrap();
+    set_mtime(&f.path("before"), 2_000_000_000, 5);
+    fs::rename(f.path("before"), f.path("after")).unwrap();
+    f.unmount();
+
+    let (mnt2, second) = second_mount(&f);
+    let seen = |name: &str| {
+        let m = fs::metadata(mnt2.join(name)).unwrap();
+        (m.mode() & 0o7777, mtime_ns(&mnt2.join(name)))
+    };
+    let (kept, after, before) = (seen("kept"), seen("after"), mnt2.join("before").exists());
+    stop_second(&mnt2, second);
+    assert_eq!(kept, (0o701, 1_000_000_000_123_456_789));
+    assert_eq!(after, (0o711, 2_000_000_000_000_000_005));
+    assert!(!before, "the renamed folder is still under its old name");
+}

@@ -534,8 +534,11 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         _ds: bool,
         reply: ReplyEmpty,
     ) {
-        // Namespace changes are on the server before their request is answered.
-        reply.ok();
+        reply_empty(
+            "fsyncdir",
+            reply,
+            self.now("fsyncdir", |vfs| vfs.fsyncdir()),
+        );
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -603,6 +603,22 @@ impl MegaClient {
             .map(drop)
     }
 
+    /// [`MegaClient::set_attributes`] of several nodes in one request: a result each.
+    pub async fn set_attributes_many(
+        &self,
+        changes: &[(String, NodeKey, Map<String, Value>)],
+    ) -> Result<Vec<Result<()>>> {
+        let commands = changes
+            .iter()
+            .map(|(handle, key, attributes)| {
+                let at = mc::encrypt_attributes(key.attribute_key(), attributes);
+                self.tagged(json!({"a": "a", "n": handle, "at": at}))
+            })
+            .collect();
+        let results = self.api.batch(commands).await?;
+        Ok(results.into_iter().map(|r| r.map(drop)).collect())
+    }
+
     /// Moves a node under another folder.
     pub async fn move_node(&self, handle: &str, new_parent: &str) -> Result<()> {
         self.api

@@ -358,6 +358,61 @@ impl Remote for MegaRemote {
         Ok(updated)
     }
 
+    async fn set_meta_many(&self, changes: &[(Node, Meta)]) -> Vec<Result<Node>> {
+        let mut sent = Vec::new();
+        let mut results: Vec<Option<Result<Node>>> = Vec::with_capacity(changes.len());
+        for (node, meta) in changes {
+            match (node_key(node), mega_handle(node.handle)) {
+                (Ok(key), Ok(h)) => {
+                    sent.push((h, key, attributes(&node.attrs, meta, None)));
+                    results.push(None);
+                }
+                (Err(e), _) | (_, Err(e)) => results.push(Some(Err(e))),
+            }
+        }
+        let answers = self
+            .call(|| self.client.set_attributes_many(&sent))
+            .await
+            .map_err(remote_error);
+        let mut answers = match answers {
+            Ok(answers) => answers.into_iter(),
+            Err(e) => {
+                let message = e.to_string();
+                let unavailable = e.is_transient();
+                return changes
+                    .iter()
+                    .map(|_| {
+                        Err(if unavailable {
+                            RemoteError::Unavailable(message.clone())
+                        } else {
+                            RemoteError::Other(message.clone())
+                        })
+                    })
+                    .collect();
+            }
+        };
+        let mut sent = sent.into_iter();
+        changes
+            .iter()
+            .zip(results)
+            .map(|((node, _), result)| {
+                if let Some(result) = result {
+                    return result;
+                }
+                let (_, _, attrs) = sent.next().expect("one sent per unanswered change");
+                match answers.next() {
+                    Some(Ok(())) => {
+                        let mut updated = node.clone();
+                        apply_attributes(&mut updated, attrs);
+                        Ok(updated)
+                    }
+                    Some(Err(e)) => Err(remote_error(e)),
+                    None => Err(RemoteError::Other("fewer answers than commands".into())),
+                }
+            })
+            .collect()
+    }
+
     async fn move_to(&self, node: &Node, parent: &Node) -> Result<Node> {
         let (h, p) = (mega_handle(node.handle)?, mega_handle(parent.handle)?);
         self.call(|| self.client.move_node(&h, &p))

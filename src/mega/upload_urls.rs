@@ -271,7 +271,10 @@ mod tests {
         };
         let first = get(10);
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let (second, third) = (get(20), get(30));
+        // In this order (two tasks spawned together may queue either way round).
+        let second = get(20);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let third = get(30);
         assert_eq!(first.await.unwrap().unwrap(), "http://up/0");
         assert_eq!(second.await.unwrap().unwrap(), "http://up/1");
         assert_eq!(third.await.unwrap().unwrap(), "http://up/2");

@@ -378,6 +378,14 @@ impl<R: Remote> Vfs<R> {
         Ok(())
     }
 
+    /// `fsyncdir`: the changes in the folder that the journal holds without syncing each
+    /// (renames and metadata of queued files, folder modes and times on their way to the
+    /// server) reach the disk. The others are on the server before their request is answered.
+    pub fn fsyncdir(&self) -> Result<()> {
+        self.wb.sync()?;
+        Ok(())
+    }
+
     pub fn release(self: &Arc<Self>, fh: u64) -> Result<()> {
         let Some(h) = self.handles.lock().remove(&fh) else {
             return Err(VfsError::BadHandle);

@@ -153,6 +153,19 @@ impl<R: Remote> Vfs<R> {
         }
     }
 
+    /// Waits until the first load (if one runs) has the whole tree in.
+    pub(super) async fn loaded_whole(&self) {
+        loop {
+            let changed = self.loading.changed_async.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.loading.whole.load(Ordering::Acquire) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
     fn folder_to_wait_for(&self, ino: u64) -> Option<Handle> {
         if self.loading.whole.load(Ordering::Acquire) {
             return None;

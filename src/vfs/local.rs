@@ -179,7 +179,7 @@ pub(super) fn local_file_node(
     }
 }
 
-fn with_meta(node: &Node, meta: &Meta) -> Node {
+pub(super) fn with_meta(node: &Node, meta: &Meta) -> Node {
     Node {
         name: meta.name.clone(),
         mode: meta.mode,

@@ -15,6 +15,7 @@
 //! Changes we make are applied to the tree as soon as the server accepts them; the poller skips
 //! their echoes (the remote filters packets carrying our instance id).
 
+mod attrs;
 mod error;
 mod io;
 mod load;
@@ -108,6 +109,7 @@ impl Default for VfsConfig {
 /// What `veilfs status` and `unmount` show.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Status {
+    /// Uploads queued, and folder modes and times set here, not yet on the server.
     pub pending_uploads: usize,
     pub pending_bytes: u64,
     pub uploaded: u64,
@@ -168,6 +170,8 @@ pub struct Vfs<R: Remote> {
     next_fh: AtomicU64,
     reads: io::ReadState,
     uploads: upload::Queue<R::Upload>,
+    /// Folder modes and times set here, on their way to the server (`attrs.rs`).
+    folders: attrs::FolderQueue,
     notifier: OnceLock<Notifier>,
     /// The first load of a drive, while it runs (see `load.rs`).
     loading: load::Loading,
@@ -202,6 +206,7 @@ impl<R: Remote> Vfs<R> {
             next_fh: AtomicU64::new(1),
             reads: io::ReadState::default(),
             uploads,
+            folders: attrs::FolderQueue::default(),
             notifier: OnceLock::new(),
             loading: load::Loading::whole(),
             status: Mutex::new(Status::default()),
@@ -219,6 +224,7 @@ impl<R: Remote> Vfs<R> {
             // Nothing to resume: this only starts the upload workers, which must run before
             // anything can be written.
             self.resume_uploads()?;
+            self.resume_folder_attrs();
             return self.load_first().await;
         }
         if self.tree.read().seq().is_none() || self.tree.read().getattr(ROOT_INO).is_none() {
@@ -226,6 +232,7 @@ impl<R: Remote> Vfs<R> {
         }
         self.drop_unqueued_local_files()?;
         self.resume_uploads()?;
+        self.resume_folder_attrs();
         sync::spawn_poller(self.clone());
         Ok(())
     }
@@ -246,7 +253,8 @@ impl<R: Remote> Vfs<R> {
     pub fn status(&self) -> Status {
         let mut s = self.status.lock().clone();
         let files = self.files.lock();
-        s.pending_uploads = files.values().map(|f| f.queued.len()).sum();
+        s.pending_uploads =
+            files.values().map(|f| f.queued.len()).sum::<usize>() + self.folders.len();
         s.pending_bytes = files
             .values()
             .filter(|f| !f.queued.is_empty())
@@ -815,7 +823,12 @@ impl<R: Remote> Vfs<R> {
                 return Ok(true);
             }
             self.writable()?;
-            self.may_change(&self.node(ino)?)?;
+            let node = self.node(ino)?;
+            self.may_change(&node)?;
+            if node.kind.is_dir() {
+                self.queue_folder_attrs(ino, &node, set)?;
+                return Ok(true);
+            }
             self.local_setattr(ino, set)
         })();
         match local {
@@ -858,6 +871,11 @@ impl<R: Remote> Vfs<R> {
             set.mtime = Some(None);
         }
         if (set.mode.is_some() || set.mtime.is_some()) && !self.local_setattr(ino, set)? {
+            let node = self.node(ino)?;
+            if node.kind.is_dir() {
+                self.queue_folder_attrs(ino, &node, set)?;
+                return self.getattr(ino);
+            }
             let _ns = self.ns.lock().await;
             let node = self.node(ino)?;
             let meta = self.meta_after(ino, &node, set)?;

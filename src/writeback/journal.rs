@@ -25,7 +25,10 @@
 //!   u32 LE  CRC-32 (IEEE) of the payload
 //!   payload JSON: {"put": Entry} (a queued upload, new or changed),
 //!                 {"sealed": {"entry": Entry, "data": base64}} (a queued upload and its whole
-//!                 content, for files up to `INLINE_MAX` bytes), or {"forget": id}
+//!                 content, for files up to `INLINE_MAX` bytes), or {"forget": id},
+//!                 {"attrs": FolderAttrs} (a folder's mode or time changed here, not yet on
+//!                 the server: `vfs/attrs.rs`), {"attrsdone": {"target": h, "seq": n}} (that
+//!                 change, if it is still change `n`, reached the server)
 //! ```
 //!
 //! A `put` of an id whose content came `sealed` changes its metadata only: the content stays.
@@ -54,7 +57,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use super::{Entry, Result, WritebackError};
+use super::{Entry, FolderAttrs, Result, WritebackError};
 
 /// Records beyond which the log is compacted, if they outnumber live entries four to one.
 const COMPACT_AFTER: usize = 4096;
@@ -80,6 +83,8 @@ enum Record {
     Put(Entry),
     Sealed { entry: Entry, data: String },
     Forget(u64),
+    Attrs(FolderAttrs),
+    AttrsDone { target: u64, seq: u64 },
 }
 
 impl Record {
@@ -116,6 +121,8 @@ struct State {
     /// The log file's length.
     len: u64,
     entries: BTreeMap<u64, Entry>,
+    /// Folder changes not yet on the server, by folder.
+    attrs: BTreeMap<u64, FolderAttrs>,
     /// Records in the log file, live or not.
     records: usize,
     /// Live entries whose content is in the log and whose staging file may not be on the disk,
@@ -129,7 +136,7 @@ impl Journal {
     /// Opens the log at `path` (creating it), replays it, writes the contents it holds back
     /// into their staging files under `staging`, durably, and compacts it.
     pub fn open(path: &Path, staging: &Path) -> Result<Self> {
-        let (entries, contents) = match std::fs::read(path) {
+        let (entries, contents, attrs) = match std::fs::read(path) {
             Ok(bytes) => replay(&bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
             Err(source) => return Err(io(path, source)),
@@ -140,7 +147,7 @@ impl Journal {
         if !contents.is_empty() {
             sync_dir(staging)?;
         }
-        let (log, end, len, _) = rewrite(path, &entries, &BTreeMap::new())?;
+        let (log, end, len, _) = rewrite(path, &entries, &attrs, &BTreeMap::new())?;
         Ok(Journal {
             path: path.to_path_buf(),
             staging: staging.to_path_buf(),
@@ -148,8 +155,9 @@ impl Journal {
                 log,
                 end,
                 len,
-                records: entries.len(),
+                records: entries.len() + attrs.len(),
                 entries,
+                attrs,
                 inline: BTreeMap::new(),
                 inline_bytes: 0,
             }),
@@ -195,6 +203,30 @@ impl Journal {
         state.entries.remove(&id);
         state.inline.remove(&id);
         self.maybe_compact(&mut state)
+    }
+
+    /// Records a folder's change not yet on the server (replacing the folder's earlier one).
+    pub fn put_attrs(&self, attrs: &FolderAttrs) -> Result<()> {
+        let mut state = self.state.lock();
+        self.append(&mut state, &[Record::Attrs(attrs.clone())])?;
+        state.attrs.insert(attrs.target, attrs.clone());
+        self.maybe_compact(&mut state)
+    }
+
+    /// Folder `target`'s change `seq` reached the server: forgotten, unless a newer one came.
+    pub fn attrs_done(&self, target: u64, seq: u64) -> Result<()> {
+        let mut state = self.state.lock();
+        if state.attrs.get(&target).is_none_or(|a| a.seq != seq) {
+            return Ok(());
+        }
+        self.append(&mut state, &[Record::AttrsDone { target, seq }])?;
+        state.attrs.remove(&target);
+        self.maybe_compact(&mut state)
+    }
+
+    /// Every folder change not yet on the server.
+    pub fn attrs(&self) -> Vec<FolderAttrs> {
+        self.state.lock().attrs.values().cloned().collect()
     }
 
     pub fn get(&self, id: u64) -> Option<Entry> {
@@ -250,7 +282,8 @@ impl Journal {
     }
 
     fn maybe_compact(&self, state: &mut State) -> Result<()> {
-        let many = state.records > COMPACT_AFTER && state.records > 4 * state.entries.len();
+        let live = state.entries.len() + state.attrs.len();
+        let many = state.records > COMPACT_AFTER && state.records > 4 * live;
         // Content of files already uploaded has no business staying on the disk (it holds
         // plaintext): once no queued file's content depends on the log, the log is rewritten.
         let stale_content = state.inline_bytes > 0 && state.inline.is_empty();
@@ -294,8 +327,9 @@ impl Journal {
             }
         }
         let spans;
-        (state.log, state.end, state.len, spans) = rewrite(&self.path, &state.entries, &carried)?;
-        state.records = state.entries.len();
+        (state.log, state.end, state.len, spans) =
+            rewrite(&self.path, &state.entries, &state.attrs, &carried)?;
+        state.records = live;
         state.inline = spans;
         state.inline_bytes = carried.values().map(|d| d.len() as u64).sum();
         Ok(())
@@ -379,11 +413,18 @@ fn sealed_content(record: &[u8], id: u64) -> Option<Vec<u8>> {
     }
 }
 
-/// What a log holds, up to its first torn or corrupt record: the live entries, and the
-/// contents that came in `sealed` records of live entries.
-fn replay(mut bytes: &[u8]) -> (BTreeMap<u64, Entry>, BTreeMap<u64, Vec<u8>>) {
+/// What a log holds, up to its first torn or corrupt record: the live entries, the
+/// contents that came in `sealed` records of live entries, and the folder changes.
+type Replayed = (
+    BTreeMap<u64, Entry>,
+    BTreeMap<u64, Vec<u8>>,
+    BTreeMap<u64, FolderAttrs>,
+);
+
+fn replay(mut bytes: &[u8]) -> Replayed {
     let mut entries = BTreeMap::new();
     let mut contents = BTreeMap::new();
+    let mut attrs = BTreeMap::new();
     while let Some((record, used)) = decode(bytes) {
         match record {
             Record::Put(entry) => {
@@ -398,6 +439,17 @@ fn replay(mut bytes: &[u8]) -> (BTreeMap<u64, Entry>, BTreeMap<u64, Vec<u8>>) {
                 entries.remove(&id);
                 contents.remove(&id);
             }
+            Record::Attrs(a) => {
+                attrs.insert(a.target, a);
+            }
+            Record::AttrsDone { target, seq } => {
+                if attrs
+                    .get(&target)
+                    .is_some_and(|a: &FolderAttrs| a.seq == seq)
+                {
+                    attrs.remove(&target);
+                }
+            }
         }
         bytes = &bytes[used..];
     }
@@ -408,7 +460,7 @@ fn replay(mut bytes: &[u8]) -> (BTreeMap<u64, Entry>, BTreeMap<u64, Vec<u8>>) {
             "the upload journal ends in a torn record (a crash mid-write); ignored"
         );
     }
-    (entries, contents)
+    (entries, contents, attrs)
 }
 
 /// Replaces the log at `path` with one holding just `entries` (with their content for those
@@ -417,11 +469,15 @@ fn replay(mut bytes: &[u8]) -> (BTreeMap<u64, Entry>, BTreeMap<u64, Vec<u8>>) {
 fn rewrite(
     path: &Path,
     entries: &BTreeMap<u64, Entry>,
+    attrs: &BTreeMap<u64, FolderAttrs>,
     contents: &BTreeMap<u64, Vec<u8>>,
 ) -> Result<(File, u64, u64, BTreeMap<u64, Span>)> {
     let new = path.with_extension("log.new");
     let mut buf = Vec::new();
     let mut spans = BTreeMap::new();
+    for a in attrs.values() {
+        encode(&mut buf, &Record::Attrs(a.clone()));
+    }
     for entry in entries.values() {
         let data = contents.get(&entry.id).map(Vec::as_slice);
         let at = buf.len();
@@ -491,7 +547,7 @@ mod tests {
             "length {len}, records {used}"
         );
         drop(journal);
-        let (replayed, _) = replay(&std::fs::read(&path).unwrap());
+        let (replayed, _, _) = replay(&std::fs::read(&path).unwrap());
         assert_eq!(replayed.len(), 2000);
         let journal = Journal::open(&path, dir.path()).unwrap();
         assert_eq!(journal.entries().len(), 2000);
@@ -499,7 +555,7 @@ mod tests {
             .put(&entry(9999, "after reopening"), None, &[])
             .unwrap();
         drop(journal);
-        let (replayed, _) = replay(&std::fs::read(&path).unwrap());
+        let (replayed, _, _) = replay(&std::fs::read(&path).unwrap());
         assert_eq!(replayed.len(), 2001);
     }
 
@@ -516,7 +572,7 @@ mod tests {
             .update(&entry(2, "forgotten: no entry comes back"))
             .unwrap();
         // What another process (the next mount after a SIGKILL) reads: no sync was asked for.
-        let (replayed, _) = replay(&std::fs::read(&path).unwrap());
+        let (replayed, _, _) = replay(&std::fs::read(&path).unwrap());
         let names: Vec<_> = replayed.values().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["renamed", "c"]);
         assert_eq!(
@@ -606,7 +662,7 @@ mod tests {
         );
         // Reopening compacted the log; the staging file holds the content now.
         drop(journal);
-        let (_, contents) = replay(&std::fs::read(&path).unwrap());
+        let (_, contents, _) = replay(&std::fs::read(&path).unwrap());
         assert!(contents.is_empty());
     }
 
@@ -654,7 +710,7 @@ mod tests {
         let len = records(&path).len();
         assert!(len < 200_000, "the log was not compacted: {len} bytes");
         // Its staging file was never synced, so the log must still hold the content.
-        let (entries, contents) = replay(&std::fs::read(&path).unwrap());
+        let (entries, contents, _) = replay(&std::fs::read(&path).unwrap());
         assert_eq!(entries.keys().copied().collect::<Vec<_>>(), [1]);
         assert_eq!(entries[&1].name, "renamed");
         assert_eq!(contents.get(&1).map(Vec::as_slice), Some(&b"queued"[..]));
@@ -686,7 +742,7 @@ mod tests {
             len < COMPACT_INLINE_BYTES * 2,
             "the log was not compacted: {len} bytes"
         );
-        let (entries, contents) = replay(&std::fs::read(&path).unwrap());
+        let (entries, contents, _) = replay(&std::fs::read(&path).unwrap());
         assert!(entries.contains_key(&kept));
         assert!(!contents.contains_key(&kept), "compacted without content");
         // A staging file missing at compaction: its content stays in the log, and the next
@@ -700,11 +756,40 @@ mod tests {
                 .unwrap();
             journal.forget(id).unwrap();
         }
-        let (entries, contents) = replay(&std::fs::read(&path).unwrap());
+        let (entries, contents, _) = replay(&std::fs::read(&path).unwrap());
         assert!(entries.len() == 2 && entries.contains_key(&5));
         assert_eq!(contents.keys().copied().collect::<Vec<_>>(), [5]);
         drop(journal);
         Journal::open(&path, dir.path()).unwrap();
         assert_eq!(std::fs::read(dir.path().join("5")).unwrap(), b"five");
+    }
+
+    #[test]
+    fn folder_changes_survive_a_reopen_and_only_the_newest_one_done_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.log");
+        let attrs = |target, seq| FolderAttrs {
+            target,
+            seq,
+            mode: Some(0o700),
+            mtime_ns: Some(seq as i64),
+        };
+        let journal = Journal::open(&path, dir.path()).unwrap();
+        journal.put_attrs(&attrs(10, 1)).unwrap();
+        journal.put_attrs(&attrs(11, 2)).unwrap();
+        journal.put_attrs(&attrs(10, 3)).unwrap();
+        // The push of change 1 ends after change 3 came: 3 stays.
+        journal.attrs_done(10, 1).unwrap();
+        journal.attrs_done(11, 2).unwrap();
+        drop(journal);
+        let (_, _, replayed) = replay(&std::fs::read(&path).unwrap());
+        assert_eq!(replayed.into_values().collect::<Vec<_>>(), [attrs(10, 3)]);
+        // Reopening compacts: the change is carried over.
+        let journal = Journal::open(&path, dir.path()).unwrap();
+        assert_eq!(journal.attrs(), [attrs(10, 3)]);
+        journal.attrs_done(10, 3).unwrap();
+        drop(journal);
+        let journal = Journal::open(&path, dir.path()).unwrap();
+        assert!(journal.attrs().is_empty());
     }
 }

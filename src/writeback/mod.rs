@@ -62,6 +62,17 @@ impl WritebackError {
 
 type Result<T> = std::result::Result<T, WritebackError>;
 
+/// A folder's mode or modification time changed here and not yet on the server: the fields
+/// set (the others are the folder's own) and a sequence number, bumped at each change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderAttrs {
+    /// The folder (its handle).
+    pub target: u64,
+    pub seq: u64,
+    pub mode: Option<u32>,
+    pub mtime_ns: Option<i64>,
+}
+
 /// A queued upload, as the journal keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -243,6 +254,22 @@ impl Writeback {
     /// Waits for the discarded staging files to be recycled (tests).
     pub fn settle(&self) {
         self.staging.settle();
+    }
+
+    /// Records a folder's change not yet on the server. In the journal when this returns (a
+    /// crash of the daemon keeps it); on the disk with the next [`Writeback::sync`].
+    pub fn put_attrs(&self, attrs: &FolderAttrs) -> Result<()> {
+        self.journal.put_attrs(attrs)
+    }
+
+    /// Folder `target`'s change `seq` is on the server.
+    pub fn attrs_done(&self, target: u64, seq: u64) -> Result<()> {
+        self.journal.attrs_done(target, seq)
+    }
+
+    /// Every folder change not yet on the server.
+    pub fn pending_attrs(&self) -> Vec<FolderAttrs> {
+        self.journal.attrs()
     }
 
     /// Every queued upload, oldest first.
