@@ -414,16 +414,28 @@ impl<R: Remote> Vfs<R> {
     }
 
     /// The last handle of `ino` is closed: what was kept of an unlinked file goes.
+    ///
+    /// Handles are counted again under the `files` lock: an `open` of the unlinked file (the
+    /// kernel resolved its name before the unlink) registers its handle, then looks for the
+    /// local content under that lock. Counted before it, such an open slipped in between: it
+    /// found the content, which was then dropped, and its reads failed with EACCES (a file
+    /// never uploaded has no key to read it from the server) while `stat` showed 0 bytes.
+    /// Now either this sees the handle and keeps everything, or the open finds nothing and
+    /// answers ESTALE, and the kernel resolves the name again.
     fn last_closed(self: &Arc<Self>, ino: u64) {
-        {
+        let hidden = {
             let mut files = self.files.lock();
+            if self.has_handles(ino) {
+                return;
+            }
             if files.get(&ino).is_some_and(|l| l.unlinked)
                 && let Some(local) = files.remove(&ino)
             {
                 self.wb.discard(local.id);
             }
-        }
-        let Some(node) = self.hidden.lock().remove(&ino) else {
+            self.hidden.lock().remove(&ino)
+        };
+        let Some(node) = hidden else {
             return;
         };
         self.emptying.fetch_add(1, Ordering::AcqRel);
@@ -481,8 +493,9 @@ impl<R: Remote> Vfs<R> {
 
     /// Drops the local state of a file nobody writes and nothing is queued for.
     pub(super) fn drop_idle(&self, ino: u64) {
-        let open = self.has_handles(ino);
+        // Counted under the lock, as in `last_closed`.
         let mut files = self.files.lock();
+        let open = self.has_handles(ino);
         if let Some(local) = files.get(&ino)
             && local.writers == 0
             && local.queued.is_empty()
@@ -512,8 +525,8 @@ impl<R: Remote> Vfs<R> {
 
     /// The file is gone: its queued uploads are dropped from the journal.
     pub(super) fn cancel_uploads(&self, ino: u64) -> Result<()> {
-        let open = self.has_handles(ino);
         let mut files = self.files.lock();
+        let open = self.has_handles(ino);
         let Some(local) = files.get_mut(&ino) else {
             return Ok(());
         };
