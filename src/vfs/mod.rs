@@ -10,10 +10,13 @@
 //!    take it (`local.rs`);
 //! 2. `committing` (files whose first upload is being committed), held briefly;
 //! 3. the tree's `RwLock` and the `files` / `handles` mutexes, held briefly and never across an
-//!    `await`.
+//!    `await` (`handles` may be taken under `files`, to count a file's handles while deciding
+//!    about its local content, never the other way round).
 //!
-//! Changes we make are applied to the tree as soon as the server accepts them; the poller skips
-//! their echoes (the remote filters packets carrying our instance id).
+//! Changes we make are applied to the tree as soon as the server accepts them, except those
+//! that go to the journal first (files created here, `local.rs`; folder modes and times,
+//! `attrs.rs`); the poller skips their echoes (the remote filters packets carrying our
+//! instance id).
 
 mod attrs;
 mod error;
