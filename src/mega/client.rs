@@ -606,7 +606,7 @@ impl MegaClient {
     /// [`MegaClient::set_attributes`] of several nodes in one request: a result each.
     pub async fn set_attributes_many(
         &self,
-        changes: &[(String, NodeKey, Map<String, Value>)],
+        changes: &[(&str, &NodeKey, &Map<String, Value>)],
     ) -> Result<Vec<Result<()>>> {
         let commands = changes
             .iter()

@@ -359,17 +359,18 @@ impl Remote for MegaRemote {
     }
 
     async fn set_meta_many(&self, changes: &[(Node, Meta)]) -> Vec<Result<Node>> {
-        let mut sent = Vec::new();
-        let mut results: Vec<Option<Result<Node>>> = Vec::with_capacity(changes.len());
-        for (node, meta) in changes {
-            match (node_key(node), mega_handle(node.handle)) {
-                (Ok(key), Ok(h)) => {
-                    sent.push((h, key, attributes(&node.attrs, meta, None)));
-                    results.push(None);
-                }
-                (Err(e), _) | (_, Err(e)) => results.push(Some(Err(e))),
-            }
-        }
+        let prepared: Vec<Result<_>> = changes
+            .iter()
+            .map(|(node, meta)| {
+                let (h, key) = (mega_handle(node.handle)?, node_key(node)?);
+                Ok((h, key, attributes(&node.attrs, meta, None)))
+            })
+            .collect();
+        let sent: Vec<_> = prepared
+            .iter()
+            .flatten()
+            .map(|(h, key, attrs)| (h.as_str(), key, attrs))
+            .collect();
         let answers = self
             .call(|| self.client.set_attributes_many(&sent))
             .await
@@ -377,6 +378,8 @@ impl Remote for MegaRemote {
         let mut answers = match answers {
             Ok(answers) => answers.into_iter(),
             Err(e) => {
+                // The request as a whole failed: each change gets the error (as text, the
+                // variant kept where it decides a retry).
                 let message = e.to_string();
                 let unavailable = e.is_transient();
                 return changes
@@ -391,15 +394,11 @@ impl Remote for MegaRemote {
                     .collect();
             }
         };
-        let mut sent = sent.into_iter();
-        changes
-            .iter()
-            .zip(results)
-            .map(|((node, _), result)| {
-                if let Some(result) = result {
-                    return result;
-                }
-                let (_, _, attrs) = sent.next().expect("one sent per unanswered change");
+        prepared
+            .into_iter()
+            .zip(changes)
+            .map(|(prepared, (node, _))| {
+                let (_, _, attrs) = prepared?;
                 match answers.next() {
                     Some(Ok(())) => {
                         let mut updated = node.clone();

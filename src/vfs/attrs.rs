@@ -17,15 +17,15 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use super::local::with_meta;
+use super::upload::retry_delay;
 use super::{Result, SetAttr, Vfs, now_ns};
 use crate::remote::{Meta, Remote, RemoteError};
 use crate::tree::{Change, Handle, Node};
-use crate::writeback::FolderAttrs;
+use crate::writeback::{self, FolderAttrs};
 
 /// Most folder changes sent in one request.
 const MAX_BATCH: usize = 100;
@@ -45,11 +45,20 @@ impl FolderQueue {
 
     /// Whether `attrs` is still its folder's latest change.
     fn is_newest(&self, attrs: &FolderAttrs) -> bool {
-        self.pending
-            .lock()
-            .get(&attrs.target)
-            .is_some_and(|a| a.seq == attrs.seq)
+        writeback::is_current(&self.pending.lock(), attrs.target, attrs.seq)
     }
+}
+
+/// `node`'s metadata with the mode and time of a folder change, where it sets them.
+fn meta_with(node: &Node, mode: Option<u32>, mtime_ns: Option<i64>) -> Meta {
+    let mut meta = Meta::of(node);
+    if let Some(mode) = mode {
+        meta.mode = Some(mode);
+    }
+    if let Some(mtime_ns) = mtime_ns {
+        meta.mtime_ns = mtime_ns;
+    }
+    meta
 }
 
 impl<R: Remote> Vfs<R> {
@@ -61,26 +70,15 @@ impl<R: Remote> Vfs<R> {
     pub(super) fn queue_folder_attrs(&self, ino: u64, node: &Node, set: SetAttr) -> Result<()> {
         let mode = set.mode.map(|m| m & 0o7777);
         let mtime_ns = set.mtime.map(|t| t.unwrap_or_else(now_ns));
-        let mut meta = Meta::of(node);
-        if let Some(mode) = mode {
-            meta.mode = Some(mode);
-        }
-        if let Some(mtime_ns) = mtime_ns {
-            meta.mtime_ns = mtime_ns;
-        }
-        if meta == Meta::of(node)
-            && !self
-                .folders
-                .pending
-                .lock()
-                .contains_key(&node.handle.as_u64())
-        {
-            return Ok(());
-        }
+        let meta = meta_with(node, mode, mtime_ns);
         let target = node.handle.as_u64();
         {
             let mut pending = self.folders.pending.lock();
             let earlier = pending.get(&target);
+            // Unchanged, unless the tree shows another client's fields over a queued change.
+            if meta == Meta::of(node) && earlier.is_none() {
+                return Ok(());
+            }
             let attrs = FolderAttrs {
                 target,
                 seq: self.folders.next_seq.fetch_add(1, Ordering::Relaxed) + 1,
@@ -127,9 +125,7 @@ impl<R: Remote> Vfs<R> {
                     Err(error) => {
                         tracing::warn!(%error, attempt, "folder modes or times did not reach the server; will retry");
                         this.status.lock().last_error = Some(format!("folder change: {error}"));
-                        let delay = Duration::from_millis(200)
-                            .saturating_mul(1 << attempt.min(8))
-                            .min(Duration::from_secs(30));
+                        let delay = retry_delay(attempt);
                         attempt += 1;
                         tokio::time::sleep(delay).await;
                     }
@@ -156,13 +152,7 @@ impl<R: Remote> Vfs<R> {
                     .and_then(|ino| Some((ino, tree.node(ino)?)));
                 match found {
                     Some((ino, node)) => {
-                        let mut meta = Meta::of(&node);
-                        if let Some(mode) = attrs.mode {
-                            meta.mode = Some(mode);
-                        }
-                        if let Some(mtime_ns) = attrs.mtime_ns {
-                            meta.mtime_ns = mtime_ns;
-                        }
+                        let meta = meta_with(&node, attrs.mode, attrs.mtime_ns);
                         changes.push((node, meta));
                         sent.push((ino, attrs));
                     }
@@ -198,14 +188,7 @@ impl<R: Remote> Vfs<R> {
 
     /// Change `attrs` is on the server (or has nowhere to go).
     fn folder_attrs_done(&self, attrs: &FolderAttrs) {
-        let mut pending = self.folders.pending.lock();
-        if pending
-            .get(&attrs.target)
-            .is_some_and(|a| a.seq == attrs.seq)
-        {
-            pending.remove(&attrs.target);
-        }
-        drop(pending);
+        writeback::forget_if_current(&mut self.folders.pending.lock(), attrs.target, attrs.seq);
         if let Err(error) = self.wb.attrs_done(attrs.target, attrs.seq) {
             tracing::warn!(%error, "could not record a folder change as sent");
         }

@@ -17,6 +17,14 @@ use crate::writeback::Entry;
 /// Longest wait between two tries of a failing upload.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// How long to wait before try `attempt + 1` of something the server must eventually take (an
+/// upload, a folder's change): doubling from 200 ms up to [`MAX_BACKOFF`].
+pub(super) fn retry_delay(attempt: u32) -> Duration {
+    Duration::from_millis(200)
+        .saturating_mul(1 << attempt.min(8))
+        .min(MAX_BACKOFF)
+}
+
 /// Files at least this large are uploaded without the write-back delay (see `Queue::submit`).
 const UNDELAYED_UPLOAD: u64 = 64 * 1024 * 1024;
 
@@ -229,9 +237,7 @@ impl<R: Remote> Vfs<R> {
                 Err(error) => {
                     tracing::warn!(%error, id, attempt, "upload failed; will retry");
                     self.status.lock().last_error = Some(format!("upload: {error}"));
-                    let delay = Duration::from_millis(200)
-                        .saturating_mul(1 << attempt.min(8))
-                        .min(MAX_BACKOFF);
+                    let delay = retry_delay(attempt);
                     attempt += 1;
                     tokio::time::sleep(delay).await;
                 }

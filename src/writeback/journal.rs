@@ -57,7 +57,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use super::{Entry, FolderAttrs, Result, WritebackError};
+use super::{Entry, FolderAttrs, Result, WritebackError, forget_if_current, is_current};
 
 /// Records beyond which the log is compacted, if they outnumber live entries four to one.
 const COMPACT_AFTER: usize = 4096;
@@ -216,7 +216,7 @@ impl Journal {
     /// Folder `target`'s change `seq` reached the server: forgotten, unless a newer one came.
     pub fn attrs_done(&self, target: u64, seq: u64) -> Result<()> {
         let mut state = self.state.lock();
-        if state.attrs.get(&target).is_none_or(|a| a.seq != seq) {
+        if !is_current(&state.attrs, target, seq) {
             return Ok(());
         }
         self.append(&mut state, &[Record::AttrsDone { target, seq }])?;
@@ -442,14 +442,7 @@ fn replay(mut bytes: &[u8]) -> Replayed {
             Record::Attrs(a) => {
                 attrs.insert(a.target, a);
             }
-            Record::AttrsDone { target, seq } => {
-                if attrs
-                    .get(&target)
-                    .is_some_and(|a: &FolderAttrs| a.seq == seq)
-                {
-                    attrs.remove(&target);
-                }
-            }
+            Record::AttrsDone { target, seq } => forget_if_current(&mut attrs, target, seq),
         }
         bytes = &bytes[used..];
     }

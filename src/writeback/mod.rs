@@ -22,7 +22,7 @@
 //! one. Later changes to a queued file's name, folder, mode and times are in the journal when
 //! the call returns (a crash of the daemon keeps them) and on the disk at its next sync.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -71,6 +71,19 @@ pub struct FolderAttrs {
     pub seq: u64,
     pub mode: Option<u32>,
     pub mtime_ns: Option<i64>,
+}
+
+/// Whether change `seq` is still folder `target`'s latest in `pending` (a push of an older one
+/// must not clear or overwrite a newer one).
+pub fn is_current(pending: &BTreeMap<u64, FolderAttrs>, target: u64, seq: u64) -> bool {
+    pending.get(&target).is_some_and(|a| a.seq == seq)
+}
+
+/// Forgets folder `target`'s change `seq` from `pending` unless a newer one replaced it.
+pub fn forget_if_current(pending: &mut BTreeMap<u64, FolderAttrs>, target: u64, seq: u64) {
+    if is_current(pending, target, seq) {
+        pending.remove(&target);
+    }
 }
 
 /// A queued upload, as the journal keeps it.
