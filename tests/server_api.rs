@@ -277,6 +277,28 @@ async fn signup(server: &RunningServer, email: &str, password: &str) -> String {
         .unwrap()
 }
 
+/// A new account (`EMAIL`) on `server`, and a client logged in to it.
+async fn signed_up(server: &RunningServer) -> Api {
+    signup(server, EMAIL, PASSWORD).await;
+    let mut api = Api::new(server);
+    api.login(EMAIL, PASSWORD).await;
+    api
+}
+
+/// Restarts `server` on `dir`; returns it with a client of the new one holding `api`'s session.
+/// The old client goes first: its idle connections would keep the old server's state (and its
+/// metadata store's lock) alive past the shutdown.
+async fn restart(server: RunningServer, dir: &Path, api: Api) -> (RunningServer, Api) {
+    let (sid, master_key) = (api.sid.clone(), api.master_key);
+    drop(api);
+    server.shutdown().await.unwrap();
+    let server = start(dir).await;
+    let mut api = Api::new(&server);
+    api.sid = sid;
+    api.master_key = master_key;
+    (server, api)
+}
+
 const EMAIL: &str = "alice@example.org";
 const PASSWORD: &str = "correct horse ✓ battery";
 
@@ -665,9 +687,7 @@ async fn registration_follows_the_v2_flow_and_refuses_duplicates() {
 async fn upload_becomes_visible_only_when_completed() {
     let dir = temp_dir("upload");
     let server = start(&dir).await;
-    signup(&server, EMAIL, PASSWORD).await;
-    let mut api = Api::new(&server);
-    api.login(EMAIL, PASSWORD).await;
+    let mut api = signed_up(&server).await;
     let root = api.root().await;
     let size = 300_000usize;
     let url = api
@@ -824,9 +844,7 @@ async fn upload_becomes_visible_only_when_completed() {
 async fn quota_refuses_uploads_and_leaves_nothing_behind() {
     let dir = temp_dir("quota");
     let server = start_with(&dir, |c| c.default_quota = 1000).await;
-    signup(&server, EMAIL, PASSWORD).await;
-    let mut api = Api::new(&server);
-    api.login(EMAIL, PASSWORD).await;
+    let mut api = signed_up(&server).await;
     let root = api.root().await;
     assert_eq!(
         api.cmd(json!({"a": "u", "s": 1001, "v": 2})).await,
@@ -889,9 +907,7 @@ fn stored_blobs(dir: &Path) -> (Vec<PathBuf>, u64) {
 async fn small_uploads_committed_together_share_a_pack_and_leave_it_when_deleted() {
     let dir = temp_dir("packs");
     let server = start(&dir).await;
-    signup(&server, EMAIL, PASSWORD).await;
-    let mut api = Api::new(&server);
-    api.login(EMAIL, PASSWORD).await;
+    let mut api = signed_up(&server).await;
     let root = api.root().await;
     let contents: Vec<Vec<u8>> = [1usize, 3000, 100_000, 300_000, 2000]
         .iter()
@@ -933,12 +949,7 @@ async fn small_uploads_committed_together_share_a_pack_and_leave_it_when_deleted
     let (files, pack_blocks) = stored_blobs(&dir);
     assert_eq!(files.len(), 1, "{files:?}");
     assert!(pack_blocks > 0);
-    server.shutdown().await.unwrap();
-
-    let server = start(&dir).await;
-    let mut api2 = Api::new(&server);
-    api2.sid = api.sid.clone();
-    api2.master_key = api.master_key;
+    let (server, mut api2) = restart(server, &dir, api).await;
     for ((handle, key), plain) in handles.iter().zip(&keys).zip(&contents) {
         assert!(
             api2.download(handle, key).await == *plain,
@@ -960,9 +971,7 @@ async fn small_uploads_committed_together_share_a_pack_and_leave_it_when_deleted
 async fn tree_commands_move_rename_delete_recursively() {
     let dir = temp_dir("tree");
     let server = start(&dir).await;
-    signup(&server, EMAIL, PASSWORD).await;
-    let mut api = Api::new(&server);
-    api.login(EMAIL, PASSWORD).await;
+    let mut api = signed_up(&server).await;
     let f = api.fetch().await;
     assert_eq!(f["ok"], json!([]));
     assert!(f["sn"].is_string());
@@ -1085,9 +1094,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 async fn sc_delivers_other_sessions_changes_and_wait_url_long_polls() {
     let dir = temp_dir("sc");
     let server = start(&dir).await;
-    signup(&server, EMAIL, PASSWORD).await;
-    let mut a = Api::new(&server);
-    a.login(EMAIL, PASSWORD).await;
+    let mut a = signed_up(&server).await;
     let mut b = Api::new(&server);
     b.login(EMAIL, PASSWORD).await;
     let f = b.fetch().await;
@@ -1188,9 +1195,7 @@ async fn sc_delivers_other_sessions_changes_and_wait_url_long_polls() {
 async fn sessions_can_be_listed_revoked_and_ended() {
     let dir = temp_dir("sessions");
     let server = start(&dir).await;
-    signup(&server, EMAIL, PASSWORD).await;
-    let mut a = Api::new(&server);
-    a.login(EMAIL, PASSWORD).await;
+    let mut a = signed_up(&server).await;
     let mut b = Api::new(&server);
     b.login(EMAIL, PASSWORD).await;
     let mut c = Api::new(&server);
@@ -1260,25 +1265,15 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 async fn restart_on_the_same_data_dir_keeps_everything() {
     let dir = temp_dir("restart");
     let server = start(&dir).await;
-    signup(&server, EMAIL, PASSWORD).await;
-    let mut api = Api::new(&server);
-    api.login(EMAIL, PASSWORD).await;
+    let mut api = signed_up(&server).await;
     let root = api.root().await;
     let folder = api.mkdir(&root, "kept").await;
     let content: Vec<u8> = (0..400_000u32).map(|i| (i % 253) as u8).collect();
     let (file, key) = api.put_file(&folder, &content, "kept.bin").await;
     let before = api.fetch().await;
-    let old_sid = api.sid.clone();
     let master_key = api.master_key;
-    // The client goes first: its idle connections would keep the old server's state alive.
-    drop(api);
-    server.shutdown().await.unwrap();
-
-    let server = start(&dir).await;
-    let mut api2 = Api::new(&server);
-    // The old session survived the restart.
-    api2.sid = old_sid;
-    api2.master_key = master_key;
+    // The old session survives the restart.
+    let (server, mut api2) = restart(server, &dir, api).await;
     let after = api2.fetch().await;
     assert_eq!(after["f"], before["f"]);
     assert_eq!(after["sn"], before["sn"]);
@@ -1315,9 +1310,7 @@ async fn restart_on_the_same_data_dir_keeps_everything() {
 async fn a_small_upload_held_in_memory_is_lost_with_a_restart_and_its_put_says_enoent() {
     let dir = temp_dir("held");
     let server = start(&dir).await;
-    signup(&server, EMAIL, PASSWORD).await;
-    let mut api = Api::new(&server);
-    api.login(EMAIL, PASSWORD).await;
+    let mut api = signed_up(&server).await;
     let root = api.root().await;
     let small = b"held in memory, never a file".to_vec();
     let chunked: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
@@ -1325,16 +1318,7 @@ async fn a_small_upload_held_in_memory_is_lost_with_a_restart_and_its_put_says_e
     let (chunked_key, chunked_token) = api.upload(&chunked, 2).await;
     let tmp = || std::fs::read_dir(dir.join("blobs/tmp")).unwrap().count();
     assert_eq!(tmp(), 1, "only the chunked upload has a temporary file");
-    let (sid, master_key) = (api.sid.clone(), api.master_key);
-    // The client goes first: its idle connections would keep the old server's state (and
-    // its metadata store's lock) alive past the shutdown.
-    drop(api);
-    server.shutdown().await.unwrap();
-
-    let server = start(&dir).await;
-    let mut api2 = Api::new(&server);
-    api2.sid = sid;
-    api2.master_key = master_key;
+    let (server, mut api2) = restart(server, &dir, api).await;
     let el = api2.file_element(&small_token, &small_key, "lost");
     assert_eq!(
         api2.cmd(json!({"a": "p", "t": root, "n": [el]})).await,
