@@ -51,6 +51,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -105,6 +106,14 @@ pub struct Journal {
     /// Where the staging files of the entries are (`<staging>/<id>`).
     staging: PathBuf,
     state: Mutex<State>,
+    /// Appends known to be on the disk: a sync that finds its changes below this has nothing
+    /// to do.
+    durable: AtomicU64,
+    /// Held while a sync runs. Syncs take turns: one that waited behind another often finds
+    /// that the other covered its changes (group commit).
+    syncing: Mutex<()>,
+    /// Syncs that reached the disk (tests count them).
+    disk_syncs: AtomicU64,
 }
 
 /// Where a record is in the log: its offset and its length (header included).
@@ -130,6 +139,23 @@ struct State {
     inline: BTreeMap<u64, Span>,
     /// Content bytes in the log.
     inline_bytes: u64,
+    /// Appends so far (this mount): a [`Mark`] counts them.
+    appended: u64,
+}
+
+/// A point in the log's history: every change made before it was taken (`Journal::mark`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Mark(u64);
+
+impl Mark {
+    /// The mark as a number (the staging pool keeps it with a discarded file), and back.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    pub fn at(n: u64) -> Self {
+        Mark(n)
+    }
 }
 
 impl Journal {
@@ -160,7 +186,11 @@ impl Journal {
                 attrs,
                 inline: BTreeMap::new(),
                 inline_bytes: 0,
+                appended: 0,
             }),
+            durable: AtomicU64::new(0),
+            syncing: Mutex::new(()),
+            disk_syncs: AtomicU64::new(0),
         })
     }
 
@@ -240,14 +270,39 @@ impl Journal {
 
     /// Makes every change so far survive a power loss.
     pub fn sync(&self) -> Result<()> {
+        self.sync_to(self.mark())
+    }
+
+    /// The point the log has reached, for a later [`Journal::sync_to`].
+    pub fn mark(&self) -> Mark {
+        Mark(self.state.lock().appended)
+    }
+
+    /// Makes the changes made before `mark` survive a power loss. Each sync costs a flush of
+    /// the disk's cache, and every flush waits for the others: when a sync since then (a
+    /// `close()`'s, a commit's) already covered them, there is nothing to do.
+    pub fn sync_to(&self, mark: Mark) -> Result<()> {
+        if self.covered(mark) {
+            return Ok(());
+        }
+        let _turn = self.syncing.lock();
+        if self.covered(mark) {
+            return Ok(());
+        }
         // Cloned so that other changes need not wait for the disk.
-        let log = self
-            .state
-            .lock()
-            .log
-            .try_clone()
-            .map_err(|e| io(&self.path, e))?;
-        log.sync_data().map_err(|e| io(&self.path, e))
+        let (log, reached) = {
+            let state = self.state.lock();
+            let log = state.log.try_clone().map_err(|e| io(&self.path, e))?;
+            (log, state.appended)
+        };
+        log.sync_data().map_err(|e| io(&self.path, e))?;
+        self.disk_syncs.fetch_add(1, Ordering::Relaxed);
+        self.durable.fetch_max(reached, Ordering::Release);
+        Ok(())
+    }
+
+    fn covered(&self, mark: Mark) -> bool {
+        self.durable.load(Ordering::Acquire) >= mark.0
     }
 
     /// Writes `records` after the last one with one `write(2)`, so that a crash tears at most
@@ -278,6 +333,7 @@ impl Journal {
         state.end = end;
         state.len = len;
         state.records += records.len();
+        state.appended += 1;
         Ok(first)
     }
 
@@ -332,6 +388,8 @@ impl Journal {
         state.records = live;
         state.inline = spans;
         state.inline_bytes = carried.values().map(|d| d.len() as u64).sum();
+        // The rewritten log is on the disk, with its name: everything so far is.
+        self.durable.fetch_max(state.appended, Ordering::Release);
         Ok(())
     }
 
@@ -572,6 +630,42 @@ mod tests {
             journal.entries(),
             replayed.into_values().collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn a_sync_whose_changes_an_earlier_one_covered_leaves_the_disk_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.log");
+        let journal = Journal::open(&path, dir.path()).unwrap();
+        let syncs = || journal.disk_syncs.load(Ordering::Relaxed);
+        journal.put(&entry(1, "a"), None, &[]).unwrap();
+        let after_a = journal.mark();
+        journal.put(&entry(2, "b"), None, &[]).unwrap();
+        journal.sync_to(after_a).unwrap();
+        assert_eq!(syncs(), 1);
+        // That sync wrote everything appended before it started, "b" included.
+        journal.sync_to(after_a).unwrap();
+        journal.sync().unwrap();
+        assert_eq!(syncs(), 1);
+        journal.update(&entry(1, "renamed")).unwrap();
+        journal.sync_to(after_a).unwrap();
+        assert_eq!(syncs(), 1, "the rename came after the mark");
+        journal.sync().unwrap();
+        assert_eq!(syncs(), 2);
+        // Many syncing at once: each returns with its change on the disk, in fewer flushes
+        // than callers when they overlap, never more.
+        std::thread::scope(|scope| {
+            for id in 10..18 {
+                let journal = &journal;
+                scope.spawn(move || {
+                    journal.put(&entry(id, "x"), None, &[]).unwrap();
+                    let mark = journal.mark();
+                    journal.sync_to(mark).unwrap();
+                    assert!(journal.covered(mark));
+                });
+            }
+        });
+        assert!(syncs() <= 2 + 8, "{} syncs", syncs());
     }
 
     #[test]

@@ -125,10 +125,13 @@ impl Writeback {
         let journal = Arc::new(Journal::open(&dir.join("journal.log"), &staging_dir)?);
         migrate_sled_journal(dir, &journal)?;
         // A discarded staging file is emptied only once the journal's `forget` of it is on the
-        // disk: after a power loss, an entry that came back must find its content.
+        // disk: after a power loss, an entry that came back must find its content. Its mark is
+        // the journal's when it was discarded, after that `forget`.
         let synced = journal.clone();
-        let staging = Pool::open(&staging_dir, move || {
-            synced.sync().map_err(std::io::Error::other)
+        let staging = Pool::open(&staging_dir, move |mark| {
+            synced
+                .sync_to(journal::Mark::at(mark))
+                .map_err(std::io::Error::other)
         })
         .map_err(io)?;
         let wb = Writeback {
@@ -261,7 +264,7 @@ impl Writeback {
     /// A staging file no entry refers to any more: emptied and kept for reuse once nothing
     /// holds it, off the caller's path (truncating a large file takes a while).
     pub fn discard(&self, id: u64) {
-        self.staging.discard(id);
+        self.staging.discard(id, self.journal.mark().get());
     }
 
     /// Waits for the discarded staging files to be recycled (tests).
