@@ -397,7 +397,10 @@ fn cached_names_attributes_and_pages_follow_another_clients_changes() {
         fs::read(mnt2.join("shared/edited.txt")).is_ok_and(|d| d == b"first version")
             && mnt2.join("shared/moved.txt").exists()
     });
-    // Cached here: both names, their attributes and the edited file's pages.
+    // Cached here: both names, their attributes and the edited file's pages, and the absence
+    // of the names the other client is about to create.
+    assert!(!f.path("shared/renamed.txt").exists());
+    assert!(!f.path("shared/created.txt").exists());
     assert_eq!(fs::metadata(f.path("shared/edited.txt")).unwrap().len(), 13);
     assert_eq!(
         fs::read(f.path("shared/edited.txt")).unwrap(),
@@ -415,6 +418,7 @@ fn cached_names_attributes_and_pages_follow_another_clients_changes() {
         mnt2.join("shared/renamed.txt"),
     )
     .unwrap();
+    fs::write(mnt2.join("shared/created.txt"), b"new here").unwrap();
     stop_second(&mnt2, second);
 
     eventually("the edit never showed in the cached attributes", || {
@@ -428,6 +432,9 @@ fn cached_names_attributes_and_pages_follow_another_clients_changes() {
         !f.path("shared/moved.txt").exists() && f.path("shared/renamed.txt").exists()
     });
     assert_eq!(fs::read(f.path("shared/renamed.txt")).unwrap(), b"moved");
+    eventually("the new file never replaced its cached absence", || {
+        fs::read(f.path("shared/created.txt")).is_ok_and(|d| d == b"new here")
+    });
 }
 
 #[test]
