@@ -397,8 +397,8 @@ fn cached_names_attributes_and_pages_follow_another_clients_changes() {
         fs::read(mnt2.join("shared/edited.txt")).is_ok_and(|d| d == b"first version")
             && mnt2.join("shared/moved.txt").exists()
     });
-    // Cached here: both names, their attributes and the edited file's pages, and the absence
-    // of the names the other client is about to create.
+    // Cached here: both names, their attributes and the edited file's pages; and looked up
+    // here, in vain, the names the other client is about to create.
     assert!(!f.path("shared/renamed.txt").exists());
     assert!(!f.path("shared/created.txt").exists());
     assert_eq!(fs::metadata(f.path("shared/edited.txt")).unwrap().len(), 13);

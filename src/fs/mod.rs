@@ -165,27 +165,6 @@ fn attr(st: &Stat) -> FileAttr {
     }
 }
 
-/// The answer to a lookup of a name that is not there: inode 0 (a negative entry).
-fn absent() -> FileAttr {
-    FileAttr {
-        ino: INodeNo(0),
-        size: 0,
-        blocks: 0,
-        atime: UNIX_EPOCH,
-        mtime: UNIX_EPOCH,
-        ctime: UNIX_EPOCH,
-        crtime: UNIX_EPOCH,
-        kind: FileType::RegularFile,
-        perm: 0,
-        nlink: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        flags: 0,
-        blksize: BLOCK,
-    }
-}
-
 /// A name from the kernel; names that are not UTF-8 cannot be stored remotely.
 fn name_of(name: &OsStr) -> Result<String, VfsError> {
     name.to_str()
@@ -213,17 +192,12 @@ impl<R: Remote> Filesystem for FuseFs<R> {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_of(name);
-        match name.and_then(|n| self.vfs.lookup(parent.0, &n)) {
-            // A name that is not there is cached as such, like one that is: rsync looks up
-            // each file it is about to create three times (its generator's `stat`, its
-            // receiver's open, the rename onto it), and only the first needs asking. A name
-            // that appears later, through the mount or from another client, replaces it: the
-            // kernel's own create, or the invalidation every new name in the tree sends.
-            Err(VfsError::NotFound) => {
-                reply.entry_with_ttls(&Duration::ZERO, &self.ttl, &absent(), Generation(0))
-            }
-            result => reply_entry("lookup", reply, self.ttl, result),
-        }
+        reply_entry(
+            "lookup",
+            reply,
+            self.ttl,
+            name.and_then(|n| self.vfs.lookup(parent.0, &n)),
+        );
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
