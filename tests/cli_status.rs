@@ -60,6 +60,31 @@ fn status_shows_a_queued_upload_until_the_server_takes_it() {
     std::fs::write(f.path("queued.bin"), b"first").unwrap();
     wait_until_idle(&f);
 
+    // The kernel's requests so far: the write above, and a lookup of a name that is not there.
+    assert!(std::fs::metadata(f.path("not-there")).is_err());
+    let seen = status(&f);
+    let requests = &seen["requests"];
+    for op in ["create", "write", "flush", "release"] {
+        let r = &requests[op];
+        assert!(r["count"].as_u64().unwrap() >= 1, "{op}: {seen}");
+        assert!(
+            r["max_us"].as_u64().unwrap() * r["count"].as_u64().unwrap()
+                >= r["total_us"].as_u64().unwrap(),
+            "{op}: {seen}"
+        );
+    }
+    assert!(
+        requests["lookup"]["failed"].as_u64().unwrap() >= 1,
+        "{seen}"
+    );
+    assert_eq!(requests["write"]["failed"], 0, "{seen}");
+    let text = f.command().arg("status").output().unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.lines().any(|l| l.trim_start().starts_with("create ")),
+        "{text}"
+    );
+
     // With the server down, an overwritten file waits in the queue.
     f.stop_server();
     let data = pattern(200_000, 4);

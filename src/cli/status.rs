@@ -1,10 +1,11 @@
 //! `veilfs status [MOUNTPOINT] [--json]`: what a running mount is doing — uploads still queued
-//! and their bytes, cache use, the last sync with the server, recent errors.
+//! and their bytes, cache use, the last sync with the server, recent errors, and the kernel's
+//! requests so far with the time we took to answer them (`fs::stats`).
 //!
 //! Each mount daemon answers on a Unix socket beside its pid file (mode 0600, in a 0700
 //! folder: only its owner may ask). A connection gets one JSON report and is closed.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+use crate::fs::stats::{self, OpStats};
 use crate::remote::Remote;
 use crate::vfs::Vfs;
 
@@ -42,6 +44,10 @@ pub struct Report {
     /// measured at most a couple of seconds ago).
     pub cache_disk_bytes: u64,
     pub cache_disk_budget: u64,
+    /// The kernel's requests since the mount started, by kind (`lookup`, `create`, …). Absent
+    /// from the answers of daemons older than this field.
+    #[serde(default)]
+    pub requests: BTreeMap<String, OpStats>,
 }
 
 /// Where the daemon of `mountpoint` (absolute) listens.
@@ -151,6 +157,7 @@ pub fn serve<R: Remote>(
                 recent_errors: recent,
                 cache_disk_bytes,
                 cache_disk_budget: cache_budget,
+                requests: stats::snapshot(),
             };
             let mut body = serde_json::to_vec(&report).expect("report serializes");
             body.push(b'\n');
@@ -222,6 +229,7 @@ fn print(report: &Report) {
             |t| format!("{} UTC", date(t as i64))
         )
     );
+    print_requests(&report.requests);
     if report.recent_errors.is_empty() {
         println!("  recent errors:   none");
     } else {
@@ -229,6 +237,35 @@ fn print(report: &Report) {
         for (at, message) in &report.recent_errors {
             println!("    {} UTC  {message}", date(*at as i64));
         }
+    }
+}
+
+/// The kinds of request that took the most time, most first (`--json` has them all).
+const REQUESTS_SHOWN: usize = 8;
+
+fn print_requests(requests: &BTreeMap<String, OpStats>) {
+    if requests.is_empty() {
+        return;
+    }
+    let mut by_time: Vec<(&String, &OpStats)> = requests.iter().collect();
+    by_time.sort_by_key(|(_, s)| std::cmp::Reverse(s.total_us));
+    println!("  requests:        count   failed     mean      max   (time to answer)");
+    for (op, s) in by_time.into_iter().take(REQUESTS_SHOWN) {
+        println!(
+            "    {op:<14}{:>8} {:>8} {:>8} {:>8}",
+            s.count,
+            s.failed,
+            micros(s.mean_us()),
+            micros(s.max_us)
+        );
+    }
+}
+
+fn micros(us: u64) -> String {
+    if us < 10_000 {
+        format!("{us} µs")
+    } else {
+        format!("{} ms", us / 1000)
     }
 }
 

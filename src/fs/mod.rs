@@ -6,12 +6,13 @@
 //! errno userspace expects for them.
 
 mod errno;
+pub mod stats;
 
 use std::ffi::OsStr;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
@@ -55,8 +56,24 @@ impl<R: Remote> FuseFs<R> {
         F: FnOnce(Arc<Vfs<R>>) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        self.run_since(op, Instant::now(), f);
+    }
+
+    /// [`FuseFs::run`] of a request that reached us at `start`.
+    fn run_since<F, Fut>(&self, op: &'static str, start: Instant, f: F)
+    where
+        F: FnOnce(Arc<Vfs<R>>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let span = tracing::debug_span!("fuse", op);
-        self.rt.spawn(f(self.vfs.clone()).instrument(span));
+        let request = f(self.vfs.clone());
+        self.rt.spawn(
+            async move {
+                request.await;
+                stats::record(op, start.elapsed());
+            }
+            .instrument(span),
+        );
     }
 
     /// Runs a request that does local work only on fuser's thread: no task, no hand-over to
@@ -65,6 +82,7 @@ impl<R: Remote> FuseFs<R> {
     /// may start tasks (an unlinked file's clean-up).
     fn now<T>(&self, op: &'static str, f: impl FnOnce(&Arc<Vfs<R>>) -> T) -> T {
         let _span = tracing::debug_span!("fuse", op).entered();
+        let _timed = stats::Timed::start(op);
         let _rt = self.rt.enter();
         f(&self.vfs)
     }
@@ -75,25 +93,30 @@ impl<R: Remote> FuseFs<R> {
     fn now_or_run<T, Fut>(
         &self,
         op: &'static str,
-        start: impl Fn(Arc<Vfs<R>>) -> Fut + Send + 'static,
+        begin: impl Fn(Arc<Vfs<R>>) -> Fut + Send + 'static,
         done: impl FnOnce(T) + Send + 'static,
     ) where
         Fut: Future<Output = T> + Send + 'static,
     {
+        let start = Instant::now();
         let first = {
             let _span = tracing::debug_span!("fuse", op).entered();
             let _rt = self.rt.enter();
-            start(self.vfs.clone()).now_or_never()
+            begin(self.vfs.clone()).now_or_never()
         };
         match first {
-            Some(result) => done(result),
-            None => self.run(op, move |vfs| async move { done(start(vfs).await) }),
+            Some(result) => {
+                done(result);
+                stats::record(op, start.elapsed());
+            }
+            None => self.run_since(op, start, move |vfs| async move { done(begin(vfs).await) }),
         }
     }
 }
 
-/// Logs a failed request and answers its errno.
-fn fail(op: &str, e: &VfsError) -> Errno {
+/// Logs and counts a failed request and answers its errno.
+fn fail(op: &'static str, e: &VfsError) -> Errno {
+    stats::record_failure(op);
     let errno = errno_of(e);
     match e {
         VfsError::NotFound | VfsError::Exists | VfsError::NotEmpty => {
@@ -107,14 +130,14 @@ fn fail(op: &str, e: &VfsError) -> Errno {
     errno
 }
 
-fn reply_entry(op: &str, reply: ReplyEntry, ttl: Duration, result: Result<Stat, VfsError>) {
+fn reply_entry(op: &'static str, reply: ReplyEntry, ttl: Duration, result: Result<Stat, VfsError>) {
     match result {
         Ok(st) => reply.entry(&ttl, &attr(&st), Generation(0)),
         Err(e) => reply.error(fail(op, &e)),
     }
 }
 
-fn reply_empty(op: &str, reply: ReplyEmpty, result: Result<(), VfsError>) {
+fn reply_empty(op: &'static str, reply: ReplyEmpty, result: Result<(), VfsError>) {
     match result {
         Ok(()) => reply.ok(),
         Err(e) => reply.error(fail(op, &e)),
@@ -191,6 +214,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _timed = stats::Timed::start("lookup");
         let name = name_of(name);
         reply_entry(
             "lookup",
@@ -205,6 +229,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _timed = stats::Timed::start("getattr");
         match self.vfs.getattr(ino.0) {
             Ok(st) => reply.attr(&self.ttl, &attr(&st)),
             Err(e) => reply.error(fail("getattr", &e)),
@@ -246,15 +271,23 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         };
         // rsync's `chmod` and `utimensat` of each file it just wrote: local while the file is
         // not uploaded yet.
-        if let Some(result) = self.now("setattr", |vfs| vfs.setattr_now(ino.0, set)) {
-            return reply_attr(reply, result);
+        let start = Instant::now();
+        let local = {
+            let _span = tracing::debug_span!("fuse", op = "setattr").entered();
+            let _rt = self.rt.enter();
+            self.vfs.setattr_now(ino.0, set)
+        };
+        if let Some(result) = local {
+            reply_attr(reply, result);
+            return stats::record("setattr", start.elapsed());
         }
-        self.run("setattr", move |vfs| async move {
+        self.run_since("setattr", start, move |vfs| async move {
             reply_attr(reply, vfs.setattr(ino.0, set).await);
         });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _timed = stats::Timed::start("readlink");
         match self.vfs.readlink(ino.0) {
             Ok(target) => reply.data(target.as_bytes()),
             Err(e) => reply.error(fail("readlink", &e)),
@@ -434,6 +467,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _timed = stats::Timed::start("write");
         // Local staging I/O: answered on fuser's thread, no task needed.
         match self.vfs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
@@ -478,6 +512,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _timed = stats::Timed::start("readdir");
         match self.vfs.readdir(ino.0, offset) {
             Ok(entries) => {
                 for e in entries {
@@ -499,6 +534,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _timed = stats::Timed::start("readdirplus");
         match self.vfs.readdir(ino.0, offset) {
             Ok(entries) => {
                 for e in entries {
@@ -555,6 +591,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _timed = stats::Timed::start("access");
         match self.vfs.getattr(ino.0) {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(fail("access", &e)),
