@@ -1,5 +1,6 @@
 //! The FUSE adapter: each kernel request becomes one call into [`Vfs`] on the tokio runtime, and
-//! its result one reply. No filesystem logic lives here; errors become errnos in [`errno`].
+//! its result one reply. No filesystem logic lives here; errors become errnos in [`errno`], and
+//! every request is counted and timed, its failures too, in [`stats`] (`veilfs status`).
 //!
 //! Every request runs as its own task, so a slow download never holds up `ls`, and fuser's
 //! threads only decode and dispatch. Operations we do not offer are listed at the end with the
