@@ -82,8 +82,14 @@ impl<R: Remote> FuseFs<R> {
     /// small file's `close()` is two requests). Inside the runtime's context, as the request
     /// may start tasks (an unlinked file's clean-up).
     fn now<T>(&self, op: &'static str, f: impl FnOnce(&Arc<Vfs<R>>) -> T) -> T {
-        let _span = tracing::debug_span!("fuse", op).entered();
         let _timed = stats::Timed::start(op);
+        self.on_thread(op, f)
+    }
+
+    /// [`FuseFs::now`] without the timing, for requests that may go on as a task (timed as
+    /// one request from their start here).
+    fn on_thread<T>(&self, op: &'static str, f: impl FnOnce(&Arc<Vfs<R>>) -> T) -> T {
+        let _span = tracing::debug_span!("fuse", op).entered();
         let _rt = self.rt.enter();
         f(&self.vfs)
     }
@@ -100,11 +106,7 @@ impl<R: Remote> FuseFs<R> {
         Fut: Future<Output = T> + Send + 'static,
     {
         let start = Instant::now();
-        let first = {
-            let _span = tracing::debug_span!("fuse", op).entered();
-            let _rt = self.rt.enter();
-            begin(self.vfs.clone()).now_or_never()
-        };
+        let first = self.on_thread(op, |vfs| begin(vfs.clone()).now_or_never());
         match first {
             Some(result) => {
                 done(result);
@@ -273,11 +275,7 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         // rsync's `chmod` and `utimensat` of each file it just wrote: local while the file is
         // not uploaded yet.
         let start = Instant::now();
-        let local = {
-            let _span = tracing::debug_span!("fuse", op = "setattr").entered();
-            let _rt = self.rt.enter();
-            self.vfs.setattr_now(ino.0, set)
-        };
+        let local = self.on_thread("setattr", |vfs| vfs.setattr_now(ino.0, set));
         if let Some(result) = local {
             reply_attr(reply, result);
             return stats::record("setattr", start.elapsed());
