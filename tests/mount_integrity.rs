@@ -346,6 +346,37 @@ fn a_stalled_download_blocks_neither_listing_nor_cached_files() {
     assert!(reader.join().unwrap().unwrap() == slow);
 }
 
+/// An unmount that gives up waiting (`--upload-wait`) says how many uploads are left, rather
+/// than "all uploads done"; they go up from the next mount.
+#[test]
+fn an_unmount_that_stops_waiting_says_what_is_left_and_the_next_mount_uploads_it() {
+    let mut f = MountFixture::new();
+    f.unmount();
+    f.mount_options(&["--upload-wait", "0.5"]);
+    f.mount();
+    f.stop_server();
+    write_and_close(&f.path("a.txt"), b"first").unwrap();
+    write_and_close(&f.path("b.txt"), b"second").unwrap();
+    let unmount = f.start_unmount();
+    let said = f.finish_unmount(unmount);
+    assert!(
+        said.contains("2 queued uploads not done yet: they resume at the next mount"),
+        "{said}"
+    );
+    assert!(!said.contains("all uploads done"), "{said}");
+
+    f.start_server();
+    f.mount();
+    let unmount = f.start_unmount();
+    let said = f.finish_unmount(unmount);
+    assert!(!said.contains("not done yet"), "{said}");
+    // Read back from the server: nothing queued, nothing cached.
+    wipe_block_cache(&f);
+    f.mount();
+    assert_eq!(fs::read(f.path("a.txt")).unwrap(), b"first");
+    assert_eq!(fs::read(f.path("b.txt")).unwrap(), b"second");
+}
+
 #[test]
 fn a_write_closed_while_the_server_is_dead_is_uploaded_once_it_is_back() {
     let mut f = MountFixture::new();

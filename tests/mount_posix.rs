@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::mount::{MountFixture, pattern};
+use common::mount::{MountFixture, pattern, write_and_close};
 
 fn mtime_ns(p: &Path) -> i128 {
     let m = fs::symlink_metadata(p).unwrap();
@@ -510,6 +510,47 @@ fn a_node_whose_key_we_lack_is_listed_with_its_size_and_refuses_access() {
 /// A folder's mode and time are set here at once, without the server (`vfs/attrs.rs`): they
 /// survive a SIGKILL of the daemon through the journal, and reach the server after the
 /// restart; a rename right after a change keeps both.
+/// A file waiting for its upload holds no descriptor: with the server frozen, more files than
+/// the daemon may have open are written, closed and read back, and all reach the server. (Each
+/// held one: `create` failed with EMFILE once the queue reached the limit, 1024 by default.)
+#[test]
+fn more_files_wait_for_their_upload_than_the_daemon_may_have_open() {
+    const FILES: usize = 300;
+    let mut f = MountFixture::new();
+    fs::create_dir(f.path("q")).unwrap();
+    f.unmount();
+    f.limit_open_files(128);
+    f.mount();
+    f.pause_server(true);
+    let content = |i: usize| format!("queued file {i}\n").repeat(i % 7 + 1);
+    for i in 0..FILES {
+        write_and_close(&f.path(&format!("q/f{i:03}")), content(i).as_bytes())
+            .unwrap_or_else(|e| panic!("file {i}: {e}"));
+    }
+    for i in [0, 150, FILES - 1] {
+        assert_eq!(
+            fs::read_to_string(f.path(&format!("q/f{i:03}"))).unwrap(),
+            content(i)
+        );
+    }
+    let fds = f.daemon_fds();
+    f.pause_server(false);
+    assert!(
+        fds < 100,
+        "{fds} descriptors open with {FILES} files queued"
+    );
+    f.unmount();
+
+    let (mnt2, second) = second_mount(&f);
+    let seen: Vec<_> = (0..FILES)
+        .map(|i| fs::read_to_string(mnt2.join(format!("q/f{i:03}"))).map_err(|e| e.to_string()))
+        .collect();
+    stop_second(&mnt2, second);
+    for (i, text) in seen.into_iter().enumerate() {
+        assert_eq!(text, Ok(content(i)), "file {i} on the server");
+    }
+}
+
 #[test]
 fn a_folders_mode_and_time_are_set_without_the_server_and_reach_it_after_a_sigkill() {
     let mut f = MountFixture::new();

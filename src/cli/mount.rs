@@ -35,8 +35,6 @@ use crate::tree::{Invalidation, Tree, TreeStore};
 use crate::vfs::{Vfs, VfsConfig};
 use crate::writeback::Writeback;
 
-/// How long an unmount waits for queued uploads before leaving them to the next mount.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 const EMBEDDED_EMAIL: &str = "me@embedded.veilfs";
 
 #[derive(clap::Args, Debug, Clone)]
@@ -77,6 +75,10 @@ pub struct MountArgs {
     /// is; it only bounds how long a missed one could show stale metadata.
     #[arg(long, value_name = "SECONDS", default_value_t = crate::fs::DEFAULT_TTL.as_secs_f64(), value_parser = parse_seconds)]
     pub attr_timeout: f64,
+    /// How long, in seconds, unmounting waits for queued uploads before leaving them to the
+    /// next mount (they stay in the local journal: nothing is lost).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0, value_parser = parse_seconds)]
+    pub upload_wait: f64,
     /// Use HTTPS for transfers even where the server offers HTTP.
     #[arg(long)]
     pub force_https: bool,
@@ -122,6 +124,11 @@ pub(crate) fn pid_file(mountpoint: &Path) -> PathBuf {
         .join("veilfs")
         .join("mounts")
         .join(format!("{}.pid", hex::encode(&digest[..8])))
+}
+
+/// Where a daemon that stopped with uploads still queued leaves their number.
+fn left_file(mountpoint: &Path) -> PathBuf {
+    pid_file(mountpoint).with_extension("left")
 }
 
 pub fn run(mut args: MountArgs) -> anyhow::Result<()> {
@@ -226,6 +233,7 @@ fn unescape_mountinfo(s: &str) -> String {
 
 fn run_daemon(args: MountArgs) -> anyhow::Result<()> {
     super::init_logging();
+    raise_open_file_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
@@ -237,6 +245,32 @@ fn run_daemon(args: MountArgs) -> anyhow::Result<()> {
     // The embedded server (when used) lives as long as this value.
     let (vfs, _server, state) = rt.block_on(prepare(&args))?;
     serve_fuse(&args, &rt, vfs, state)
+}
+
+/// Lifts the soft limit on open files to the hard one, as a file server should: each open
+/// handle and each upload under way holds a descriptor, and the usual soft limit (1024) is a
+/// default for interactive programs, not a choice the user made. Queued files hold none
+/// (`vfs::LocalFile::rest`), so a low hard limit still works; this is headroom for programs
+/// that keep many files open at once.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
+        {
+            return;
+        }
+        let wanted = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+            tracing::debug!(soft = limit.rlim_cur, "could not raise the open-file limit");
+        }
+    }
 }
 
 /// Mounts `vfs` and serves FUSE requests until unmounted, then drains the upload queue.
@@ -311,16 +345,19 @@ fn serve_fuse<R: Remote>(
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&pid_path, std::process::id().to_string())?;
+    let _ = std::fs::remove_file(left_file(&args.mountpoint));
     tracing::info!(mountpoint = %args.mountpoint.display(), "mounted");
     let result = session.run();
-    let left = rt.block_on(vfs.drain(DRAIN_TIMEOUT));
+    let left = rt.block_on(vfs.drain(Duration::from_secs_f64(args.upload_wait)));
     if let Err(error) = vfs.persist_tree() {
         tracing::warn!(%error, "could not save the tree; the next mount re-reads it");
     }
-    let _ = std::fs::remove_file(&pid_path);
     if left > 0 {
         eprintln!("{left} upload(s) still queued; they resume at the next mount");
+        // For `veilfs unmount`, which waits for this process without a word from it.
+        let _ = std::fs::write(left_file(&args.mountpoint), left.to_string());
     }
+    let _ = std::fs::remove_file(&pid_path);
     result.context("FUSE session")?;
     Ok(())
 }
@@ -539,7 +576,7 @@ fn is_running(pid: i32) -> bool {
 /// `veilfs unmount`: detaches the mount, then waits for the daemon to upload what is queued.
 /// Waits for the daemon of an unmounted drive to exit, showing the uploads it still has to
 /// finish (asked of its status socket) whenever that changes.
-fn wait_for_daemon(pid: i32, socket: &Path) {
+fn wait_for_daemon(pid: i32, socket: &Path, mountpoint: &Path) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -561,8 +598,21 @@ fn wait_for_daemon(pid: i32, socket: &Path) {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    if shown.is_some() {
-        println!("all uploads done");
+    let left_file = left_file(mountpoint);
+    let left = std::fs::read_to_string(&left_file).ok();
+    let _ = std::fs::remove_file(&left_file);
+    match left.and_then(|s| s.trim().parse::<usize>().ok()) {
+        Some(left) => println!(
+            "{left} queued upload{} not done yet: {} at the next mount",
+            if left == 1 { "" } else { "s" },
+            if left == 1 {
+                "it resumes"
+            } else {
+                "they resume"
+            }
+        ),
+        None if shown.is_some() => println!("all uploads done"),
+        None => {}
     }
 }
 
@@ -590,7 +640,7 @@ pub fn unmount(args: UnmountArgs) -> anyhow::Result<()> {
         mountpoint.display()
     );
     if let Some(pid) = pid {
-        wait_for_daemon(pid, &socket);
+        wait_for_daemon(pid, &socket, &mountpoint);
     }
     Ok(())
 }

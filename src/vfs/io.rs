@@ -229,7 +229,7 @@ impl<R: Remote> Vfs<R> {
             ino,
             LocalFile {
                 id,
-                file: Arc::new(file),
+                file: Some(Arc::new(file)),
                 size,
                 mtime_ns: if truncate { now_ns() } else { node.mtime_ns },
                 writers: 0,
@@ -252,7 +252,7 @@ impl<R: Remote> Vfs<R> {
         };
         if truncate && local.size > 0 {
             self.writable_copy(local, false)?;
-            local.file.set_len(0)?;
+            local.staged(&self.wb)?.set_len(0)?;
             local.size = 0;
             local.dirty = true;
             local.mtime_ns = now_ns();
@@ -304,7 +304,7 @@ impl<R: Remote> Vfs<R> {
             }
         })?;
         local.id = id;
-        local.file = Arc::new(file);
+        local.file = Some(Arc::new(file));
         local.sealed = false;
         Ok(())
     }
@@ -317,7 +317,7 @@ impl<R: Remote> Vfs<R> {
         let mut files = self.files.lock();
         let local = files.get_mut(&h.ino).ok_or(VfsError::BadHandle)?;
         self.writable_copy(local, false)?;
-        let file = local.file.clone();
+        let file = local.staged(&self.wb)?;
         let buffered = self.making_room(data.len() as u64, || file.write_at(data, offset))?;
         let end = offset + data.len() as u64;
         local.size = local.size.max(end);
@@ -347,7 +347,7 @@ impl<R: Remote> Vfs<R> {
             let changed = local.size != size;
             if changed {
                 self.writable_copy(local, false)?;
-                local.file.set_len(size)?;
+                local.staged(&self.wb)?.set_len(size)?;
                 local.size = size;
                 local.dirty = true;
                 local.mtime_ns = now_ns();
@@ -432,6 +432,8 @@ impl<R: Remote> Vfs<R> {
                 && let Some(local) = files.remove(&ino)
             {
                 self.wb.discard(local.id);
+            } else if let Some(local) = files.get_mut(&ino) {
+                local.rest();
             }
             self.hidden.lock().remove(&ino)
         };
@@ -475,9 +477,10 @@ impl<R: Remote> Vfs<R> {
         // that forks while writing makes the kernel flush at each child's exec) are dropped
         // rather than uploaded and overwritten. One being committed right now may still land
         // first; the new version then replaces it (`retire` retargets it).
+        let file = local.staged(&self.wb)?;
         let superseded = std::mem::take(&mut local.queued);
         self.wb
-            .enqueue(&local.file, &entry, &superseded)
+            .enqueue(&file, &entry, &superseded)
             .inspect_err(|_| local.queued.clone_from(&superseded))?;
         local.sealed = true;
         local.dirty = false;
@@ -496,8 +499,10 @@ impl<R: Remote> Vfs<R> {
         // Counted under the lock, as in `last_closed`.
         let mut files = self.files.lock();
         let open = self.has_handles(ino);
-        if let Some(local) = files.get(&ino)
-            && local.writers == 0
+        let Some(local) = files.get_mut(&ino) else {
+            return;
+        };
+        if local.writers == 0
             && local.queued.is_empty()
             && !local.dirty
             // An unlinked file's readers have nothing else to read.
@@ -506,6 +511,8 @@ impl<R: Remote> Vfs<R> {
             let id = local.id;
             files.remove(&ino);
             self.wb.discard(id);
+        } else if !open {
+            local.rest();
         }
     }
 
@@ -550,11 +557,10 @@ impl<R: Remote> Vfs<R> {
 
     pub async fn read(self: &Arc<Self>, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let h = self.handle(fh)?;
-        let local = self
-            .files
-            .lock()
-            .get(&h.ino)
-            .map(|l| (l.file.clone(), l.size));
+        let local = match self.files.lock().get_mut(&h.ino) {
+            Some(l) => Some((l.staged(&self.wb)?, l.size)),
+            None => None,
+        };
         if let Some((file, len)) = local {
             if offset >= len {
                 return Ok(Vec::new());

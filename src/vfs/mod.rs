@@ -124,7 +124,8 @@ pub struct Status {
 struct LocalFile {
     /// The staging file writes go to.
     id: u64,
-    file: Arc<Staged>,
+    /// Its descriptor; `None` for a sealed file nobody has open (see [`LocalFile::rest`]).
+    file: Option<Arc<Staged>>,
     size: u64,
     mtime_ns: i64,
     /// Open handles that may write.
@@ -139,6 +140,28 @@ struct LocalFile {
     committed: u64,
     /// The file was unlinked: nothing more is queued.
     unlinked: bool,
+}
+
+impl LocalFile {
+    /// The staging file, opened again if [`LocalFile::rest`] closed it.
+    fn staged(&mut self, wb: &Writeback) -> Result<Arc<Staged>> {
+        if let Some(file) = &self.file {
+            return Ok(file.clone());
+        }
+        let file = Arc::new(wb.reopen(self.id)?);
+        self.file = Some(file.clone());
+        Ok(file)
+    }
+
+    /// Closes the descriptor of a sealed file once nobody has it open. A queued file waits
+    /// for its upload as a journal entry and a name, not an open file: thousands of them (a
+    /// copy into the drive while offline, or faster than the uploads) would otherwise run into
+    /// the limit on open files (often 1024), and every later `create` would fail with EMFILE.
+    fn rest(&mut self) {
+        if self.sealed {
+            self.file = None;
+        }
+    }
 }
 
 struct OpenHandle {
@@ -584,7 +607,7 @@ impl<R: Remote> Vfs<R> {
             st.ino,
             LocalFile {
                 id,
-                file: Arc::new(file),
+                file: Some(Arc::new(file)),
                 size: 0,
                 mtime_ns,
                 writers: 1,

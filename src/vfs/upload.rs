@@ -140,11 +140,13 @@ impl<R: Remote> Vfs<R> {
                 ino = self.restore_local_node(entry)?;
             }
             if let Some(ino) = ino {
-                let file = Arc::new(self.wb.reopen(entry.id)?);
+                // Opened to check that it is there; its descriptor waits until someone reads
+                // the file (`LocalFile::rest`).
+                drop(self.wb.reopen(entry.id)?);
                 let mut files = self.files.lock();
                 let local = files.entry(ino).or_insert_with(|| LocalFile {
                     id: entry.id,
-                    file: file.clone(),
+                    file: None,
                     size: entry.size,
                     mtime_ns: entry.mtime_ns,
                     writers: 0,
@@ -156,7 +158,7 @@ impl<R: Remote> Vfs<R> {
                 });
                 // Entries come oldest first: the last one is the current content.
                 local.id = entry.id;
-                local.file = file;
+                local.file = None;
                 local.size = entry.size;
                 local.mtime_ns = entry.mtime_ns;
                 local.queued.push(entry.id);

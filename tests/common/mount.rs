@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,6 +24,10 @@ pub struct MountFixture {
     cache_dir: Option<PathBuf>,
     /// `mega` or `filen`: the account type and the mount's `--backend`.
     backend: &'static str,
+    /// The daemon's limit on open files, soft and hard (see `limit_open_files`).
+    open_files: Option<u64>,
+    /// More options for the next mounts.
+    options: Vec<String>,
 }
 
 impl MountFixture {
@@ -64,6 +69,8 @@ impl MountFixture {
             server: Some(server),
             daemon: None,
             mounts: 0,
+            open_files: None,
+            options: Vec::new(),
             cache_dir,
             backend,
         };
@@ -134,6 +141,25 @@ impl MountFixture {
         .unwrap()
     }
 
+    /// Adds `options` to the next mounts' command line.
+    pub fn mount_options(&mut self, options: &[&str]) {
+        self.options.extend(options.iter().map(|o| o.to_string()));
+    }
+
+    /// Starts the next mounts with at most `n` open files, as their soft and hard limit (so
+    /// the daemon cannot lift it), as `ulimit -n n` before the mount would.
+    pub fn limit_open_files(&mut self, n: u64) {
+        self.open_files = Some(n);
+    }
+
+    /// The daemon's open descriptors.
+    pub fn daemon_fds(&self) -> usize {
+        let pid = self.daemon.as_ref().expect("mounted").id();
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    }
+
     /// Freezes (SIGSTOP) or thaws (SIGCONT) the server process: requests to it hang, as with
     /// a stalled network, instead of failing.
     pub fn pause_server(&self, paused: bool) {
@@ -185,8 +211,8 @@ impl MountFixture {
         self.mounts += 1;
         let log_path = self.log(self.mounts);
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = self
-            .command()
+        let mut command = self.command();
+        command
             .env(
                 "RUST_LOG",
                 std::env::var("VEILFS_TEST_LOG").unwrap_or_else(|_| "veilfs=info".into()),
@@ -206,10 +232,26 @@ impl MountFixture {
             .arg("--cache-dir")
             .arg(self.cache_dir())
             .arg("--foreground")
+            .args(&self.options)
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .stderr(log);
+        if let Some(n) = self.open_files {
+            let limit = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: only setrlimit runs between fork and exec; it allocates nothing.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let child = command.spawn().unwrap();
         self.daemon = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         while !is_mounted(&self.mnt) {
