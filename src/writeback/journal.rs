@@ -51,6 +51,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine;
@@ -124,7 +125,7 @@ struct Span {
 }
 
 struct State {
-    log: File,
+    log: Arc<File>,
     /// Where the next record goes: the end of the records, where the zeros start.
     end: u64,
     /// The log file's length.
@@ -178,7 +179,7 @@ impl Journal {
             path: path.to_path_buf(),
             staging: staging.to_path_buf(),
             state: Mutex::new(State {
-                log,
+                log: Arc::new(log),
                 end,
                 len,
                 records: entries.len() + attrs.len(),
@@ -289,11 +290,11 @@ impl Journal {
         if self.covered(mark) {
             return Ok(());
         }
-        // Cloned so that other changes need not wait for the disk.
+        // Shared, so that other changes need not wait for the disk (a compaction meanwhile
+        // puts a new log in place; this one is then synced for nothing, harmlessly).
         let (log, reached) = {
             let state = self.state.lock();
-            let log = state.log.try_clone().map_err(|e| io(&self.path, e))?;
-            (log, state.appended)
+            (state.log.clone(), state.appended)
         };
         log.sync_data().map_err(|e| io(&self.path, e))?;
         self.disk_syncs.fetch_add(1, Ordering::Relaxed);
@@ -382,9 +383,10 @@ impl Journal {
                 self.sync_staging(&missing)?;
             }
         }
-        let spans;
-        (state.log, state.end, state.len, spans) =
+        let (log, spans);
+        (log, state.end, state.len, spans) =
             rewrite(&self.path, &state.entries, &state.attrs, &carried)?;
+        state.log = Arc::new(log);
         state.records = live;
         state.inline = spans;
         state.inline_bytes = carried.values().map(|d| d.len() as u64).sum();
