@@ -132,8 +132,9 @@ struct State {
     /// Files under `free/`, ready to be taken: empty, unless a crash interrupted their
     /// recycling (adopted at open, without a descriptor). With their descriptor while
     /// `open_free` allows.
-    free: Vec<(u64, Option<File>)>,
-    open_free: usize,
+    free: Vec<u64>,
+    /// Free files kept with their descriptor (see the module's doc), taken first.
+    open_free: Vec<(u64, File)>,
     next_free: u64,
 }
 
@@ -172,7 +173,7 @@ impl Shared {
     fn recycle_now(&self, id: u64) {
         let n = {
             let mut state = self.state.lock();
-            if state.free.len() >= MAX_FREE {
+            if state.free.len() + state.open_free.len() >= MAX_FREE {
                 None
             } else {
                 state.next_free += 1;
@@ -180,20 +181,28 @@ impl Shared {
             }
         };
         let path = self.path_of(id);
+        // Only this thread adds free files: the room counted here is still there below.
+        let keep_open = self.state.lock().open_free.len() < self.max_open_free;
         let kept = n.and_then(|n| {
             let free = self.free_path(n);
             std::fs::rename(&path, &free).ok()?;
-            let file = OpenOptions::new().read(true).write(true).open(&free).ok()?;
-            file.set_len(0).ok()?;
-            Some((n, file))
+            let emptied = OpenOptions::new().write(true).open(&free).ok()?;
+            emptied.set_len(0).ok()?;
+            // The descriptor kept is not the one that truncated: ext4 writes out a file
+            // truncated to zero when a descriptor open across the truncation closes
+            // (`auto_da_alloc`). Kept open, that would be at the small file's `release`, its
+            // content sent to the disk there; closed here, there is nothing to write.
+            let open = if keep_open {
+                Some(OpenOptions::new().read(true).write(true).open(&free).ok()?)
+            } else {
+                None
+            };
+            drop(emptied);
+            Some((n, open))
         });
         match kept {
-            Some((n, file)) => {
-                let mut state = self.state.lock();
-                let file = (state.open_free < self.max_open_free).then_some(file);
-                state.open_free += usize::from(file.is_some());
-                state.free.push((n, file));
-            }
+            Some((n, Some(file))) => self.state.lock().open_free.push((n, file)),
+            Some((n, None)) => self.state.lock().free.push(n),
             None => {
                 let _ = std::fs::remove_file(&path);
                 if let Some(n) = n {
@@ -251,7 +260,7 @@ impl Pool {
         for entry in std::fs::read_dir(dir.join("free"))? {
             let entry = entry?;
             match entry.file_name().to_str().and_then(|s| s.parse().ok()) {
-                Some(n) if free.len() < MAX_FREE => free.push((n, None)),
+                Some(n) if free.len() < MAX_FREE => free.push(n),
                 _ => {
                     let _ = std::fs::remove_file(entry.path());
                 }
@@ -264,9 +273,9 @@ impl Pool {
             state: Mutex::new(State {
                 holds: HashMap::new(),
                 discarded: HashMap::new(),
-                next_free: free.iter().map(|&(n, _)| n).max().unwrap_or(0),
+                next_free: free.iter().copied().max().unwrap_or(0),
                 free,
-                open_free: 0,
+                open_free: Vec::new(),
             }),
             settled: Condvar::new(),
             recycler: Mutex::new(tx),
@@ -308,11 +317,10 @@ impl Pool {
         let path = self.path_of(id);
         let taken = {
             let mut state = self.shared.state.lock();
-            let taken = state.free.pop();
-            if let Some((_, Some(_))) = &taken {
-                state.open_free -= 1;
+            match state.open_free.pop() {
+                Some((n, file)) => Some((n, Some(file))),
+                None => state.free.pop().map(|n| (n, None)),
             }
-            taken
         };
         if let Some((n, open)) = taken {
             let free = self.shared.free_path(n);
@@ -427,18 +435,14 @@ impl Pool {
     /// Empty files waiting for reuse.
     #[cfg(test)]
     pub fn free_count(&self) -> usize {
-        self.shared.state.lock().free.len()
+        let state = self.shared.state.lock();
+        state.free.len() + state.open_free.len()
     }
 
     /// Empty files waiting for reuse with their descriptor.
     #[cfg(test)]
     fn open_free_count(&self) -> usize {
-        let state = self.shared.state.lock();
-        assert_eq!(
-            state.open_free,
-            state.free.iter().filter(|(_, f)| f.is_some()).count()
-        );
-        state.open_free
+        self.shared.state.lock().open_free.len()
     }
 }
 
@@ -546,8 +550,10 @@ mod tests {
         pool.settle();
         assert_eq!((pool.free_count(), pool.open_free_count()), (3, 2));
         let mut reused = Vec::new();
-        for id in 4..=6 {
+        for (id, open_left) in [(4, 1), (5, 0), (6, 0)] {
             let f = pool.create(id).unwrap();
+            // The open ones first: the recycler refills them, the others wait.
+            assert_eq!(pool.open_free_count(), open_left);
             assert_eq!(f.metadata().unwrap().len(), 0, "file {id} taken empty");
             // Written through the descriptor taken, read through its new name.
             f.write_all_at(format!("new {id}").as_bytes(), 0).unwrap();
