@@ -551,6 +551,41 @@ fn more_files_wait_for_their_upload_than_the_daemon_may_have_open() {
     }
 }
 
+/// A queued file rests without a descriptor (above) until it is opened: a handle opened before
+/// the file is deleted or replaced reads its content afterwards, even once the staging files
+/// let go have been emptied and reused.
+#[test]
+fn a_queued_file_deleted_or_replaced_while_open_stays_readable() {
+    let f = MountFixture::new();
+    f.pause_server(true);
+    write_and_close(&f.path("gone"), b"deleted while open").unwrap();
+    write_and_close(&f.path("old"), b"replaced while open").unwrap();
+    write_and_close(&f.path("new"), b"the new content").unwrap();
+    let gone = fs::File::open(f.path("gone")).unwrap();
+    let old = fs::File::open(f.path("old")).unwrap();
+    fs::remove_file(f.path("gone")).unwrap();
+    fs::rename(f.path("new"), f.path("old")).unwrap();
+    // Time for the recycler (it gathers for 20 ms), then new files to take what it freed.
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..4 {
+        write_and_close(&f.path(&format!("later{i}")), &[b'x'; 4096]).unwrap();
+    }
+    let read_uncached = |file: &fs::File| {
+        // The pages the writes left in the kernel's cache would answer without the daemon.
+        let fd = file.as_raw_fd();
+        assert_eq!(
+            unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) },
+            0
+        );
+        let mut text = String::new();
+        (&*file).read_to_string(&mut text).map(|_| text)
+    };
+    assert_eq!(read_uncached(&gone).unwrap(), "deleted while open");
+    assert_eq!(read_uncached(&old).unwrap(), "replaced while open");
+    assert_eq!(fs::read(f.path("old")).unwrap(), b"the new content");
+    f.pause_server(false);
+}
+
 #[test]
 fn a_folders_mode_and_time_are_set_without_the_server_and_reach_it_after_a_sigkill() {
     let mut f = MountFixture::new();

@@ -162,7 +162,17 @@ impl<R: Remote> Vfs<R> {
             // A removal is under way: it holds `ns` until it is over.
             drop(self.ns.lock().await);
         }
-        let local = self.files.lock().contains_key(&ino);
+        let local = match self.files.lock().get_mut(&ino) {
+            // Opened now, under the lock and after the handle is counted: a queued file
+            // resting without a descriptor gets one for as long as it has handles, and with it
+            // a hold, so that its content stays readable if it is deleted or replaced
+            // meanwhile (`cancel_uploads` discards its staging file).
+            Some(local) => {
+                local.staged(&self.wb)?;
+                true
+            }
+            None => false,
+        };
         if !local && !self.tree.read().is_live(ino) && !self.hidden.lock().contains_key(&ino) {
             // Removed between the kernel's lookup and this open, and nothing was kept: the
             // kernel looks the name up again and opens what it holds now.
@@ -479,19 +489,25 @@ impl<R: Remote> Vfs<R> {
         // first; the new version then replaces it (`retire` retargets it).
         let file = local.staged(&self.wb)?;
         let superseded = std::mem::take(&mut local.queued);
-        self.wb
-            .enqueue(&file, &entry, &superseded)
+        let mark = self
+            .wb
+            .enqueue_unsynced(&file, &entry, &superseded)
             .inspect_err(|_| local.queued.clone_from(&superseded))?;
         local.sealed = true;
         local.dirty = false;
         local.queued.push(entry.id);
         drop(files);
+        // The disk flush outside the lock: every upload starting or committing and every
+        // write takes it, and they queued behind each `close()`'s sync (perf: upload tasks
+        // spinning on it were most of the daemon's `sched_yield`s).
+        let synced = self.wb.sync_to(mark);
         for id in superseded {
             self.uploads.cancel(id);
             self.wb.discard(id);
         }
+        // Uploaded even if the sync failed: the entry is in the log, and the content too.
         self.uploads.submit(entry.id, entry.size);
-        Ok(())
+        Ok(synced?)
     }
 
     /// Drops the local state of a file nobody writes and nothing is queued for.
@@ -537,6 +553,11 @@ impl<R: Remote> Vfs<R> {
         let Some(local) = files.get_mut(&ino) else {
             return Ok(());
         };
+        if open {
+            // Held while the handles read it: discarded below, it is then emptied only after
+            // the last one closes (`last_closed`). Usually held already (`open_handle`).
+            local.staged(&self.wb)?;
+        }
         local.unlinked = true;
         local.dirty = false;
         let cancelled = std::mem::take(&mut local.queued);

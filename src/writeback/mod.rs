@@ -34,6 +34,7 @@ use thiserror::Error;
 mod journal;
 mod staging;
 use journal::Journal;
+pub use journal::Mark;
 use staging::Pool;
 pub use staging::{Hold, Staged};
 
@@ -214,6 +215,20 @@ impl Writeback {
     /// so a crash keeps the newest acknowledged version. Their staging files are left to the
     /// caller to discard (a running upload may still read one).
     pub fn enqueue(&self, file: &Staged, entry: &Entry, superseded: &[u64]) -> Result<()> {
+        let mark = self.enqueue_unsynced(file, entry, superseded)?;
+        self.sync_to(mark)
+    }
+
+    /// [`Writeback::enqueue`] up to the journal's sync: the entry is in the log (and the
+    /// content of a large file on the disk) when this returns; it is on the disk once
+    /// [`Writeback::sync_to`] of the mark returned has. For a caller that holds a lock others
+    /// need: the sync, a disk flush, can then wait outside it.
+    pub fn enqueue_unsynced(
+        &self,
+        file: &Staged,
+        entry: &Entry,
+        superseded: &[u64],
+    ) -> Result<Mark> {
         let io = self.io_error(entry.id);
         if entry.size <= journal::INLINE_MAX {
             let mut data = vec![0; entry.size as usize];
@@ -227,7 +242,12 @@ impl Writeback {
             }
             self.journal.put(entry, None, superseded)?;
         }
-        self.journal.sync()
+        Ok(self.journal.mark())
+    }
+
+    /// Waits until the journal is on the disk at least up to `mark`.
+    pub fn sync_to(&self, mark: Mark) -> Result<()> {
+        self.journal.sync_to(mark)
     }
 
     /// Rewrites a queued entry (its metadata changed before the upload ran). In the journal
