@@ -140,8 +140,8 @@ impl<R: Remote> Vfs<R> {
                 ino = self.restore_local_node(entry)?;
             }
             if let Some(ino) = ino {
-                // Opened to check that it is there; its descriptor waits until someone reads
-                // the file (`LocalFile::rest`).
+                // Opened to check that it is there, then closed: a queued file gets its
+                // descriptor when it is opened (`LocalFile::rest`).
                 drop(self.wb.reopen(entry.id)?);
                 let mut files = self.files.lock();
                 let local = files.entry(ino).or_insert_with(|| LocalFile {
