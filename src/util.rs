@@ -24,6 +24,19 @@ pub fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
     let _ = (file, offset, len);
 }
 
+/// This process's limit on open files: `(soft, hard)`, or `None` if it cannot be read.
+pub fn open_files_limit() -> Option<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    Some((limit.rlim_cur, limit.rlim_max))
+}
+
 /// Writes a file readable by its owner only (0600), atomically: a temp file beside it, fsynced,
 /// then renamed over the target. Used for sessions, credentials and local keys.
 pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {

@@ -253,23 +253,17 @@ fn run_daemon(args: MountArgs) -> anyhow::Result<()> {
 /// (`vfs::LocalFile::rest`), so a low hard limit still works; this is headroom for programs
 /// that keep many files open at once.
 fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let Some((soft, hard)) = crate::util::open_files_limit().filter(|(soft, hard)| soft < hard)
+    else {
+        return;
     };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
-        {
-            return;
-        }
-        let wanted = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
-            tracing::debug!(soft = limit.rlim_cur, "could not raise the open-file limit");
-        }
+    let wanted = libc::rlimit {
+        rlim_cur: hard,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit only reads the struct passed.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } != 0 {
+        tracing::debug!(soft, "could not raise the open-file limit");
     }
 }
 

@@ -129,9 +129,8 @@ struct State {
     holds: HashMap<u64, usize>,
     /// Discarded, not yet recycled: can no longer be held. With the mark given at `discard`.
     discarded: HashMap<u64, u64>,
-    /// Files under `free/`, ready to be taken: empty, unless a crash interrupted their
-    /// recycling (adopted at open, without a descriptor). With their descriptor while
-    /// `open_free` allows.
+    /// Files under `free/` without a descriptor, ready to be taken: empty, unless a crash
+    /// interrupted their recycling (adopted at open).
     free: Vec<u64>,
     /// Free files kept with their descriptor (see the module's doc), taken first.
     open_free: Vec<(u64, File)>,
@@ -217,15 +216,10 @@ impl Shared {
 
 /// [`MAX_OPEN_FREE`], or an eighth of the limit on open files when that is lower.
 fn max_open_free() -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the struct passed.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+    let Some((soft, _)) = crate::util::open_files_limit() else {
         return 0;
-    }
-    MAX_OPEN_FREE.min(usize::try_from(limit.rlim_cur / 8).unwrap_or(usize::MAX))
+    };
+    MAX_OPEN_FREE.min(usize::try_from(soft / 8).unwrap_or(usize::MAX))
 }
 
 /// The staging directory of one mount.
