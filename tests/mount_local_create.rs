@@ -147,3 +147,114 @@ fn a_sigkill_keeps_closed_new_files_under_their_last_name_and_drops_unclosed_one
     f.mount();
     assert_eq!(fs::read(f.path("document.txt")).unwrap(), data);
 }
+
+/// Runs `f` on another thread and fails if it takes more than `secs`: what a local-only
+/// operation must do while the server does not answer.
+fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(f()).unwrap());
+    rx.recv_timeout(std::time::Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("{what} waited for the server"))
+}
+
+#[test]
+fn folders_made_here_answer_without_the_server_and_reach_it_nested_with_their_files() {
+    let mut f = MountFixture::new();
+    fs::create_dir(f.path("top")).unwrap();
+    f.unmount();
+    f.mount();
+    // The server stops answering: making folders, files in them, and their modes and times
+    // are all answered here.
+    f.pause_server(true);
+    let root = f.path("");
+    let data = pattern(5000, 3);
+    let expected = data.clone();
+    within(30, "mkdir", move || {
+        let p = |rel: &str| root.join(rel);
+        fs::create_dir_all(p("top/a/b/c")).unwrap();
+        fs::create_dir(p("empty")).unwrap();
+        fs::create_dir(p("top/a/scratch")).unwrap();
+        fs::write(p("top/a/b/c/deep.bin"), &data).unwrap();
+        fs::write(p("top/a/one.txt"), b"one").unwrap();
+        fs::write(p("top/a/scratch/tmp"), b"x").unwrap();
+        fs::set_permissions(p("top/a/b"), fs::Permissions::from_mode(0o750)).unwrap();
+        let t = std::time::UNIX_EPOCH + std::time::Duration::new(1_200_000_000, 7);
+        fs::File::open(p("top/a")).unwrap().set_modified(t).unwrap();
+        assert!(fs::metadata(p("top/a/b/c")).unwrap().is_dir());
+        assert_eq!(fs::read_dir(p("top/a")).unwrap().count(), 3);
+    });
+    f.pause_server(false);
+    // Removed, whether or not it reached the server meanwhile.
+    fs::remove_file(f.path("top/a/scratch/tmp")).unwrap();
+    fs::remove_dir(f.path("top/a/scratch")).unwrap();
+    fs::create_dir(f.path("top/a/brief")).unwrap();
+    fs::remove_dir(f.path("top/a/brief")).unwrap();
+    f.unmount(); // waits for the folders and the uploads
+
+    let nodes = listing(&f);
+    let names: Vec<&str> = nodes.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "empty",
+            "top",
+            "top/a",
+            "top/a/b",
+            "top/a/b/c",
+            "top/a/b/c/deep.bin",
+            "top/a/one.txt"
+        ],
+        "each folder once, nested, the removed one never"
+    );
+    assert_eq!(nodes["top/a/b"].wire.t, 1);
+    assert_eq!(nodes["top/a/b"].attributes["vm"], serde_json::json!(0o750));
+    assert_eq!(
+        nodes["top/a"].attributes["vt"],
+        serde_json::json!("1200000000000000007")
+    );
+    fs::remove_dir_all(f.cache_dir().join("blocks")).ok();
+    f.mount();
+    assert_eq!(fs::read(f.path("top/a/b/c/deep.bin")).unwrap(), expected);
+    assert_eq!(
+        fs::metadata(f.path("top/a/b")).unwrap().mode() & 0o7777,
+        0o750
+    );
+}
+
+#[test]
+fn a_sigkill_keeps_folders_made_here_and_the_files_in_them_and_makes_each_once() {
+    let mut f = MountFixture::new();
+    f.pause_server(true);
+    fs::create_dir_all(f.path("x/y")).unwrap();
+    fs::write(f.path("x/y/kept.txt"), b"closed before the kill").unwrap();
+    fs::create_dir(f.path("x/y/z")).unwrap();
+    f.kill();
+    f.pause_server(false);
+    f.mount();
+    assert_eq!(
+        fs::read(f.path("x/y/kept.txt")).unwrap(),
+        b"closed before the kill"
+    );
+    assert!(fs::metadata(f.path("x/y/z")).unwrap().is_dir());
+    // Renamed while it may still be on its way to the server.
+    fs::create_dir(f.path("x/late")).unwrap();
+    fs::write(f.path("x/late/f"), b"late").unwrap();
+    fs::rename(f.path("x/late"), f.path("x/renamed")).unwrap();
+    f.unmount();
+
+    let nodes = listing(&f);
+    let names: Vec<&str> = nodes.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "x",
+            "x/renamed",
+            "x/renamed/f",
+            "x/y",
+            "x/y/kept.txt",
+            "x/y/z"
+        ]
+    );
+    f.mount();
+    assert_eq!(fs::read(f.path("x/renamed/f")).unwrap(), b"late");
+}

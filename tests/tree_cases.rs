@@ -548,3 +548,124 @@ fn a_node_kept_waiting_by_a_passing_cycle_is_attached_once_the_batch_breaks_it()
     assert_eq!(tree.parent_of(ino(&tree, 9)), Some(ino(&tree, 11)));
     assert_eq!(names(&tree, ino(&tree, 11)), ["nine"]);
 }
+
+#[test]
+fn a_local_folder_that_reaches_the_server_keeps_its_inode_and_children_and_its_old_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = Handle::new_local();
+    let local_file = Handle::new_local();
+    let at = |handle: Handle, parent: Handle, kind, name: &str| Node {
+        handle,
+        parent: Some(parent),
+        ..node(0, 0, kind, name, 5)
+    };
+    let (folder_ino, inos) = {
+        let mut tree = open(dir.path());
+        tree.apply_snapshot([root(), folder(2, 1, "twin")], Some("sn-1"))
+            .unwrap();
+        tree.apply_changes(
+            [
+                Change::Upsert(at(local, ROOT, NodeKind::Folder, "made here")),
+                Change::Upsert(at(local_file, local, NodeKind::File, "new.txt")),
+                Change::Upsert(file(10, 0, "committed.txt")),
+            ],
+            None,
+        )
+        .unwrap();
+        tree.apply_changes(
+            [Change::Move {
+                handle: Handle::from_u64(10),
+                parent: local,
+            }],
+            None,
+        )
+        .unwrap();
+        let folder_ino = ino(&tree, local.as_u64());
+        // On the server as handle 20: the same inode, its children under it.
+        tree.apply_changes(
+            [Change::Replace {
+                old: local,
+                node: folder(20, 1, "made here"),
+            }],
+            None,
+        )
+        .unwrap();
+        assert_eq!(ino(&tree, 20), folder_ino);
+        assert_eq!(names(&tree, folder_ino), ["new.txt", "committed.txt"]);
+        // A change naming the old handle (made while the server answered) lands there too.
+        tree.apply_changes(
+            [Change::Upsert(at(
+                Handle::new_local(),
+                local,
+                NodeKind::File,
+                "late",
+            ))],
+            None,
+        )
+        .unwrap();
+        assert_eq!(tree.ino_of(local), Some(folder_ino));
+        assert_eq!(
+            names(&tree, folder_ino),
+            ["new.txt", "committed.txt", "late"]
+        );
+        assert_eq!(
+            tree.node(ino(&tree, 10)).unwrap().parent,
+            Some(Handle::from_u64(20))
+        );
+        tree.store().unwrap().flush().unwrap();
+        let inos: Vec<u64> = [local_file.as_u64(), 10]
+            .iter()
+            .map(|&h| ino(&tree, h))
+            .collect();
+        (folder_ino, inos)
+    };
+    // What was persisted names the server's handle.
+    let tree = open(dir.path());
+    assert_eq!(ino(&tree, 20), folder_ino);
+    assert_eq!(
+        names(&tree, folder_ino),
+        ["new.txt", "committed.txt", "late"]
+    );
+    for i in inos {
+        assert_eq!(tree.parent_of(i), Some(folder_ino));
+    }
+}
+
+#[test]
+fn a_local_folder_found_on_the_server_already_hands_its_children_to_that_folder() {
+    let mut tree = Tree::new();
+    let local = Handle::new_local();
+    tree.apply_snapshot(
+        [root(), folder(2, 1, "x"), file(3, 2, "old.txt")],
+        Some("sn-1"),
+    )
+    .unwrap();
+    let made = Node {
+        handle: local,
+        parent: Some(ROOT),
+        ..folder(0, 0, "x")
+    };
+    let kid = Node {
+        handle: Handle::new_local(),
+        parent: Some(local),
+        ..file(0, 0, "kept.txt")
+    };
+    tree.apply_changes([Change::Upsert(made), Change::Upsert(kid)], None)
+        .unwrap();
+    assert_eq!(
+        names(&tree, ROOT_INO).len(),
+        2,
+        "two folders named x, shown apart"
+    );
+    tree.apply_changes(
+        [Change::Replace {
+            old: local,
+            node: folder(2, 1, "x"),
+        }],
+        None,
+    )
+    .unwrap();
+    assert_eq!(names(&tree, ROOT_INO), ["x"]);
+    assert_eq!(names(&tree, ino(&tree, 2)), ["old.txt", "kept.txt"]);
+    assert_eq!(tree.ino_of(local), Some(ino(&tree, 2)));
+}

@@ -408,6 +408,11 @@ pub struct Tree {
     by_handle: HashMap<Handle, u64>,
     /// Nodes whose parent is not (yet) known, by that parent's handle.
     waiting: HashMap<Handle, Vec<u64>>,
+    /// Local folders that reached the server, by their local handle: the server's handle.
+    /// A change made while the folder was being created may still name it by its local
+    /// handle (a file created in it, a queued upload's folder); it lands in the folder all
+    /// the same. For this mount only: what is persisted names the server's handle.
+    aliases: HashMap<Handle, Handle>,
     next_ino: u64,
     seq: Option<String>,
     store: Option<TreeStore>,
@@ -435,6 +440,7 @@ impl Tree {
             entries: HashMap::new(),
             by_handle: HashMap::new(),
             waiting: HashMap::new(),
+            aliases: HashMap::new(),
             next_ino: FIRST_INO,
             seq: None,
             store: None,
@@ -570,7 +576,8 @@ impl Tree {
         ino
     }
 
-    fn upsert(&mut self, node: Node, b: &mut Batch) {
+    fn upsert(&mut self, mut node: Node, b: &mut Batch) {
+        node.parent = node.parent.map(|p| self.canonical(p));
         if let Some(&ino) = self.by_handle.get(&node.handle) {
             if self.entries[&ino].kind.is_dir() == node.kind.is_dir() {
                 self.update(ino, node, false, b);
@@ -610,7 +617,8 @@ impl Tree {
 
     /// `same_content`: the node holds what the kernel already has (this mount's own upload),
     /// so a new key alone does not make its cached pages stale.
-    fn update(&mut self, ino: u64, node: Node, same_content: bool, b: &mut Batch) {
+    fn update(&mut self, ino: u64, mut node: Node, same_content: bool, b: &mut Batch) {
+        node.parent = node.parent.map(|p| self.canonical(p));
         let attrs = attrs_to_bytes(&node.attrs);
         let e = self.entries.get_mut(&ino).expect("indexed entry exists");
         e.deleted = false;
@@ -684,7 +692,12 @@ impl Tree {
         if node.handle != old && self.by_handle.contains_key(&node.handle)
             || self.entries[&ino].kind.is_dir() != node.kind.is_dir()
         {
-            // The new node is known already (its own change arrived first): keep that one.
+            // The new node is known already (its own change arrived first): keep that one. A
+            // local folder's children move into it first (a folder made here, found on the
+            // server after a crash: `vfs/dirs.rs`).
+            if old.is_local() && node.kind.is_dir() && self.entries[&ino].dir.is_some() {
+                self.move_children(ino, old, node.handle, b);
+            }
             self.delete(old, b);
             return self.upsert(node, b);
         }
@@ -696,6 +709,9 @@ impl Tree {
             .handle = node.handle;
         if node.handle != old {
             b.removed.push(old);
+            if old.is_local() && node.kind.is_dir() {
+                self.rehome_children(ino, old, node.handle, b);
+            }
             // The handle breaks ties among duplicates of a name.
             let pino = self.entries[&ino].parent_ino;
             if pino != 0 {
@@ -707,7 +723,58 @@ impl Tree {
         self.update(ino, node, true, b);
     }
 
+    /// A local folder now has the server's handle `new`: its children name it so, and
+    /// changes still naming `old` land in it.
+    fn rehome_children(&mut self, ino: u64, old: Handle, new: Handle, b: &mut Batch) {
+        self.aliases.insert(old, new);
+        let kids: Vec<u64> = self.entries[&ino]
+            .dir
+            .as_ref()
+            .map(|d| d.order.iter().copied().collect())
+            .unwrap_or_default();
+        for kid in kids {
+            let e = self.entries.get_mut(&kid).expect("indexed child exists");
+            if e.parent == Some(old) {
+                e.parent = Some(new);
+                b.dirty.insert(kid);
+            }
+        }
+        if let Some(list) = self.waiting.remove(&old) {
+            for &kid in &list {
+                if let Some(e) = self.entries.get_mut(&kid) {
+                    e.parent = Some(new);
+                    b.dirty.insert(kid);
+                }
+            }
+            self.waiting.entry(new).or_default().extend(list);
+        }
+    }
+
+    /// Local folder `ino` (`old`) is the known folder `new`: its children move there, and
+    /// changes still naming `old` land there.
+    fn move_children(&mut self, ino: u64, old: Handle, new: Handle, b: &mut Batch) {
+        self.aliases.insert(old, new);
+        let kids: Vec<u64> = self.entries[&ino]
+            .dir
+            .as_ref()
+            .map(|d| d.order.iter().copied().collect())
+            .unwrap_or_default();
+        for kid in kids {
+            self.move_node(self.entries[&kid].handle, new, b);
+        }
+    }
+
+    /// The handle a node is known by now (a local folder's, once on the server, is the
+    /// server's).
+    fn canonical(&self, handle: Handle) -> Handle {
+        match self.aliases.get(&handle) {
+            Some(&h) => h,
+            None => handle,
+        }
+    }
+
     fn move_node(&mut self, handle: Handle, parent: Handle, b: &mut Batch) {
+        let parent = self.canonical(parent);
         let Some(&ino) = self.by_handle.get(&handle) else {
             return;
         };
@@ -1132,7 +1199,6 @@ impl Tree {
         })
     }
 
-    /// The inode of a live node.
     /// The handles of every locally created node not uploaded yet.
     pub fn local_handles(&self) -> Vec<Handle> {
         self.by_handle
@@ -1142,8 +1208,10 @@ impl Tree {
             .collect()
     }
 
+    /// The inode of a live node; a local folder's old handle still finds it once it is on
+    /// the server.
     pub fn ino_of(&self, handle: Handle) -> Option<u64> {
-        self.by_handle.get(&handle).copied()
+        self.by_handle.get(&self.canonical(handle)).copied()
     }
 
     pub fn handle_of(&self, ino: u64) -> Option<Handle> {

@@ -144,20 +144,21 @@ impl<R: Remote> Vfs<R> {
         queued.truncate(MAX_BATCH);
         let mut sent = Vec::new();
         let mut changes = Vec::new();
-        {
-            let tree = self.tree.read();
-            for attrs in queued {
-                let found = tree
-                    .ino_of(Handle::from_u64(attrs.target))
-                    .and_then(|ino| Some((ino, tree.node(ino)?)));
-                match found {
-                    Some((ino, node)) => {
-                        let meta = meta_with(&node, attrs.mode, attrs.mtime_ns);
-                        changes.push((node, meta));
-                        sent.push((ino, attrs));
-                    }
-                    None => self.folder_attrs_done(&attrs),
+        for attrs in queued {
+            let found = {
+                let tree = self.tree.read();
+                tree.ino_of(Handle::from_u64(attrs.target))
+                    .and_then(|ino| Some((ino, tree.node(ino)?)))
+            };
+            match found {
+                Some((ino, node)) => {
+                    // A folder made here goes to the server first (`dirs.rs`).
+                    let node = self.on_server(node).await?;
+                    let meta = meta_with(&node, attrs.mode, attrs.mtime_ns);
+                    changes.push((node, meta));
+                    sent.push((ino, attrs));
                 }
+                None => self.folder_attrs_done(&attrs),
             }
         }
         if changes.is_empty() {

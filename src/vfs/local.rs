@@ -40,7 +40,12 @@ impl<R: Remote> Vfs<R> {
         let Ok(node) = self.node(src) else {
             return Ok(false);
         };
-        if !node.handle.is_local() || committing.contains(&node.handle) || new_name.len() > 255 {
+        // A folder made here is renamed on the server (`dirs.rs`).
+        if !node.handle.is_local()
+            || node.kind.is_dir()
+            || committing.contains(&node.handle)
+            || new_name.len() > 255
+        {
             return Ok(false);
         }
         let Ok(remote_name) = tree::names::unescape(new_name) else {
@@ -132,9 +137,12 @@ impl<R: Remote> Vfs<R> {
     }
 
     /// Files created locally whose first `close()` never came (the daemon died first) have no
-    /// content anywhere: they leave the tree, as an unsynced new file may after a crash.
+    /// content anywhere: they leave the tree, as an unsynced new file may after a crash. So
+    /// do local folders the journal does not know (their record was lost with a power loss,
+    /// so was everything made in them since, or they reached the server: `dirs.rs`).
     pub(super) fn drop_unqueued_local_files(&self) -> Result<()> {
-        let queued: HashSet<u64> = self.wb.pending()?.iter().map(|e| e.target).collect();
+        let mut queued: HashSet<u64> = self.wb.pending()?.iter().map(|e| e.target).collect();
+        queued.extend(self.wb.pending_dirs().iter().map(|d| d.target));
         let gone: Vec<Change> = self
             .tree
             .read()

@@ -19,6 +19,7 @@
 //! instance id).
 
 mod attrs;
+mod dirs;
 mod error;
 mod io;
 mod load;
@@ -198,6 +199,8 @@ pub struct Vfs<R: Remote> {
     uploads: upload::Queue<R::Upload>,
     /// Folder modes and times set here, on their way to the server (`attrs.rs`).
     folders: attrs::FolderQueue,
+    /// Folders made here, on their way to the server (`dirs.rs`).
+    dirs: dirs::DirQueue,
     notifier: OnceLock<Notifier>,
     /// The first load of a drive, while it runs (see `load.rs`).
     loading: load::Loading,
@@ -233,6 +236,7 @@ impl<R: Remote> Vfs<R> {
             reads: io::ReadState::default(),
             uploads,
             folders: attrs::FolderQueue::default(),
+            dirs: dirs::DirQueue::default(),
             notifier: OnceLock::new(),
             loading: load::Loading::whole(),
             status: Mutex::new(Status::default()),
@@ -246,9 +250,13 @@ impl<R: Remote> Vfs<R> {
     /// complete (`load.rs`). A local tree left incomplete (a first load cut short) is
     /// replaced by a full fetch first.
     pub async fn start(self: &Arc<Self>) -> Result<()> {
-        if self.tree.read().is_empty() && self.wb.pending()?.is_empty() {
+        if self.tree.read().is_empty()
+            && self.wb.pending()?.is_empty()
+            && self.wb.pending_dirs().is_empty()
+        {
             // Nothing to resume: this only starts the upload workers, which must run before
             // anything can be written.
+            self.resume_dirs()?;
             self.resume_uploads()?;
             self.resume_folder_attrs();
             return self.load_first().await;
@@ -257,6 +265,7 @@ impl<R: Remote> Vfs<R> {
             self.reload().await?;
         }
         self.drop_unqueued_local_files()?;
+        self.resume_dirs()?;
         self.resume_uploads()?;
         self.resume_folder_attrs();
         sync::spawn_poller(self.clone());
@@ -279,8 +288,9 @@ impl<R: Remote> Vfs<R> {
     pub fn status(&self) -> Status {
         let mut s = self.status.lock().clone();
         let files = self.files.lock();
-        s.pending_uploads =
-            files.values().map(|f| f.queued.len()).sum::<usize>() + self.folders.len();
+        s.pending_uploads = files.values().map(|f| f.queued.len()).sum::<usize>()
+            + self.folders.len()
+            + self.dirs.len();
         s.pending_bytes = files
             .values()
             .filter(|f| !f.queued.is_empty())
@@ -536,24 +546,12 @@ impl<R: Remote> Vfs<R> {
             .await?)
     }
 
-    pub async fn mkdir(&self, parent: u64, name: &str, mode: u32) -> Result<Stat> {
-        self.writable()?;
-        self.listed_async(parent).await?;
-        let _ns = self.ns.lock().await;
-        let (p, meta) = self.new_entry(parent, name, Some(mode), None)?;
-        let node = self.remote.mkdir(&p, &meta).await?;
-        let handle = node.handle;
-        self.apply_own(vec![Change::Upsert(node)], &[(parent, name, Some(handle))])?;
-        // New, so empty: complete even while a first load runs.
-        self.loading.mark([handle]);
-        self.stat_handle(handle, true)
-    }
-
     pub async fn symlink(&self, parent: u64, name: &str, target: &str) -> Result<Stat> {
         self.writable()?;
         self.listed_async(parent).await?;
         let _ns = self.ns.lock().await;
         let (p, meta) = self.new_entry(parent, name, None, Some(target))?;
+        let p = self.on_server(p).await?;
         // The link's content is its target, so other MEGA clients see a small file holding it.
         let (id, file) = self.wb.create()?;
         let result = match std::os::unix::fs::FileExt::write_all_at(&*file, target.as_bytes(), 0) {
@@ -712,6 +710,9 @@ impl<R: Remote> Vfs<R> {
         if self.tree.read().child_count(ino).unwrap_or(0) > 0 {
             return Err(VfsError::NotEmpty);
         }
+        if node.handle.is_local() {
+            return self.remove_local_dir(&node);
+        }
         self.remote.delete(&node).await?;
         self.apply(vec![Change::Delete(node.handle)])
     }
@@ -778,6 +779,9 @@ impl<R: Remote> Vfs<R> {
         let dest = self.dir_node(new_parent)?;
         self.may_change(&node)?;
         self.may_change(&dest)?;
+        // Folders made here are renamed on the server (see `dirs.rs`).
+        let node = self.on_server(node).await?;
+        let dest = self.on_server(dest).await?;
         if node.kind.is_dir() && self.is_ancestor(src, new_parent) {
             return Err(VfsError::Invalid("cannot move a folder inside itself"));
         }
@@ -787,7 +791,7 @@ impl<R: Remote> Vfs<R> {
                 return Err(VfsError::Exists);
             }
             Some(t) => {
-                let tnode = self.node(t)?;
+                let tnode = self.on_server(self.node(t)?).await?;
                 match (node.kind.is_dir(), tnode.kind.is_dir()) {
                     (true, false) => return Err(VfsError::NotDir),
                     (false, true) => return Err(VfsError::IsDir),

@@ -65,8 +65,16 @@ pub(super) fn spawn_poller<R: Remote>(vfs: Arc<Vfs<R>>) {
 impl<R: Remote> Vfs<R> {
     /// Replaces the tree with a full fetch (inode numbers of known nodes stay).
     pub(super) async fn reload(&self) -> Result<()> {
-        let (mut nodes, seq) = self.remote.snapshot().await?;
+        let snapshot = self.remote.snapshot().await?;
         let _ns = self.ns.lock().await;
+        self.apply_reload(snapshot)
+    }
+
+    /// Puts a full fetch in place of the tree; the caller holds `ns`.
+    pub(super) fn apply_reload(
+        &self,
+        (mut nodes, seq): (Vec<crate::tree::Node>, Option<String>),
+    ) -> Result<()> {
         let mut tree = self.tree.write();
         // Files created here and not uploaded yet are not in the server's tree; they stay.
         nodes.extend(

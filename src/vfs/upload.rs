@@ -344,16 +344,28 @@ impl<R: Remote> Vfs<R> {
         for Ready { id, upload, done } in batch {
             // Planned under `committing`, so a local change to the file either came before
             // (and is in the plan) or sees the mark and waits for `ns` (see `local.rs`).
-            let plan = {
-                let mut committing = self.committing.lock();
-                let plan = self.plan_commit(id);
-                if let Ok(Some((_, _, Some(old)))) = &plan
-                    && old.handle.is_local()
-                {
-                    committing.insert(old.handle);
-                    marked.push(old.handle);
+            let plan = loop {
+                let plan = {
+                    let mut committing = self.committing.lock();
+                    let plan = self.plan_commit(id);
+                    if let Ok(Some((_, _, Some(old)))) = &plan
+                        && old.handle.is_local()
+                    {
+                        committing.insert(old.handle);
+                        marked.push(old.handle);
+                    }
+                    plan
+                };
+                // Into a folder made here: the folder goes to the server first (`dirs.rs`),
+                // then the plan is made again (the file, marked, stays where it is).
+                match plan {
+                    Ok(Some((parent, _, _))) if parent.handle.is_local() => {
+                        if let Err(e) = self.on_server(parent).await {
+                            break Err(e);
+                        }
+                    }
+                    plan => break plan,
                 }
-                plan
             };
             match plan {
                 Ok(Some((parent, meta, old))) => {

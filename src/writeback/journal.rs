@@ -28,10 +28,16 @@
 //!                 content, for files up to `INLINE_MAX` bytes), or {"forget": id},
 //!                 {"attrs": FolderAttrs} (a folder's mode or time changed here, not yet on
 //!                 the server: `vfs/attrs.rs`), {"attrsdone": {"target": h, "seq": n}} (that
-//!                 change, if it is still change `n`, reached the server)
+//!                 change, if it is still change `n`, reached the server),
+//!                 {"dir": LocalDir} (a folder made here, not yet on the server:
+//!                 `vfs/dirs.rs`), {"dirdone": {"target": h, "node": s}} (it is on the server
+//!                 as `s`: the records before it naming `h` as a folder now name `s`),
+//!                 {"dirgone": h} (removed before it reached the server)
 //! ```
 //!
 //! A `put` of an id whose content came `sealed` changes its metadata only: the content stays.
+//! Once a folder made here is on the server, a record written later never names its local
+//! handle: the journal translates it as it writes.
 //!
 //! The records are followed by zeros: the file is extended ahead of its records, with zeros
 //! really written (not `fallocate`d: filling an unwritten extent changes the extent tree),
@@ -45,7 +51,7 @@
 //! the live entries written to `journal.log.new`, synced, renamed over it — when it is opened
 //! and whenever it holds many more records than live entries.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -59,7 +65,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use super::{Entry, FolderAttrs, Result, WritebackError, forget_if_current, is_current};
+use super::{Entry, FolderAttrs, LocalDir, Result, WritebackError, forget_if_current, is_current};
 
 /// Records beyond which the log is compacted, if they outnumber live entries four to one.
 const COMPACT_AFTER: usize = 4096;
@@ -87,6 +93,9 @@ enum Record {
     Forget(u64),
     Attrs(FolderAttrs),
     AttrsDone { target: u64, seq: u64 },
+    Dir(LocalDir),
+    DirDone { target: u64, node: u64 },
+    DirGone(u64),
 }
 
 impl Record {
@@ -133,6 +142,10 @@ struct State {
     entries: BTreeMap<u64, Entry>,
     /// Folder changes not yet on the server, by folder.
     attrs: BTreeMap<u64, FolderAttrs>,
+    /// Folders made here and not yet on the server, by local handle.
+    dirs: BTreeMap<u64, LocalDir>,
+    /// Folders made here that reached the server this mount: local handle → server handle.
+    done: HashMap<u64, u64>,
     /// Records in the log file, live or not.
     records: usize,
     /// Live entries whose content is in the log and whose staging file may not be on the disk,
@@ -163,7 +176,12 @@ impl Journal {
     /// Opens the log at `path` (creating it), replays it, writes the contents it holds back
     /// into their staging files under `staging`, durably, and compacts it.
     pub fn open(path: &Path, staging: &Path) -> Result<Self> {
-        let (entries, contents, attrs) = match std::fs::read(path) {
+        let Replayed {
+            entries,
+            contents,
+            attrs,
+            dirs,
+        } = match std::fs::read(path) {
             Ok(bytes) => replay(&bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
             Err(source) => return Err(io(path, source)),
@@ -174,7 +192,12 @@ impl Journal {
         if !contents.is_empty() {
             sync_dir(staging)?;
         }
-        let (log, end, len, _) = rewrite(path, &entries, &attrs, &BTreeMap::new())?;
+        let live = Live {
+            entries: &entries,
+            attrs: &attrs,
+            dirs: &dirs,
+        };
+        let (log, end, len, _) = rewrite(path, live, &BTreeMap::new())?;
         Ok(Journal {
             path: path.to_path_buf(),
             staging: staging.to_path_buf(),
@@ -182,9 +205,11 @@ impl Journal {
                 log: Arc::new(log),
                 end,
                 len,
-                records: entries.len() + attrs.len(),
+                records: entries.len() + attrs.len() + dirs.len(),
                 entries,
                 attrs,
+                dirs,
+                done: HashMap::new(),
                 inline: BTreeMap::new(),
                 inline_bytes: 0,
                 appended: 0,
@@ -198,9 +223,10 @@ impl Journal {
     /// Adds or replaces the entry of upload `entry.id`, with its whole content when `data` is
     /// given, then forgets `forgotten`; one write.
     pub fn put(&self, entry: &Entry, data: Option<&[u8]>, forgotten: &[u64]) -> Result<()> {
+        let mut state = self.state.lock();
+        let entry = &state.translated(entry);
         let mut records = vec![Record::of(entry, data)];
         records.extend(forgotten.iter().map(|&id| Record::Forget(id)));
-        let mut state = self.state.lock();
         let first = self.append(&mut state, &records)?;
         state.entries.insert(entry.id, entry.clone());
         if let Some(data) = data {
@@ -220,8 +246,9 @@ impl Journal {
         if !state.entries.contains_key(&entry.id) {
             return Ok(());
         }
+        let entry = state.translated(entry);
         self.append(&mut state, &[Record::Put(entry.clone())])?;
-        state.entries.insert(entry.id, entry.clone());
+        state.entries.insert(entry.id, entry);
         Ok(())
     }
 
@@ -239,20 +266,62 @@ impl Journal {
     /// Records a folder's change not yet on the server (replacing the folder's earlier one).
     pub fn put_attrs(&self, attrs: &FolderAttrs) -> Result<()> {
         let mut state = self.state.lock();
+        let attrs = FolderAttrs {
+            target: state.handle(attrs.target),
+            ..attrs.clone()
+        };
         self.append(&mut state, &[Record::Attrs(attrs.clone())])?;
-        state.attrs.insert(attrs.target, attrs.clone());
+        state.attrs.insert(attrs.target, attrs);
         self.maybe_compact(&mut state)
     }
 
     /// Folder `target`'s change `seq` reached the server: forgotten, unless a newer one came.
     pub fn attrs_done(&self, target: u64, seq: u64) -> Result<()> {
         let mut state = self.state.lock();
+        let target = state.handle(target);
         if !is_current(&state.attrs, target, seq) {
             return Ok(());
         }
         self.append(&mut state, &[Record::AttrsDone { target, seq }])?;
         state.attrs.remove(&target);
         self.maybe_compact(&mut state)
+    }
+
+    /// Records folder `dir` made here (or its new name, folder, mode or time).
+    pub fn put_dir(&self, dir: &LocalDir) -> Result<()> {
+        let mut state = self.state.lock();
+        let dir = LocalDir {
+            parent: state.handle(dir.parent),
+            ..dir.clone()
+        };
+        self.append(&mut state, &[Record::Dir(dir.clone())])?;
+        state.dirs.insert(dir.target, dir);
+        self.maybe_compact(&mut state)
+    }
+
+    /// Folder `target` made here is on the server as `node`: what names it names `node`.
+    pub fn dir_done(&self, target: u64, node: u64) -> Result<()> {
+        let mut state = self.state.lock();
+        self.append(&mut state, &[Record::DirDone { target, node }])?;
+        let st = &mut *state;
+        st.done.insert(target, node);
+        rehome(&mut st.entries, &mut st.dirs, &mut st.attrs, target, node);
+        self.maybe_compact(&mut state)
+    }
+
+    /// Folder `target` made here is gone before it reached the server.
+    pub fn dir_gone(&self, target: u64) -> Result<()> {
+        let mut state = self.state.lock();
+        if state.dirs.remove(&target).is_none() {
+            return Ok(());
+        }
+        self.append(&mut state, &[Record::DirGone(target)])?;
+        self.maybe_compact(&mut state)
+    }
+
+    /// Every folder made here and not yet on the server.
+    pub fn dirs(&self) -> Vec<LocalDir> {
+        self.state.lock().dirs.values().cloned().collect()
     }
 
     /// Every folder change not yet on the server.
@@ -339,7 +408,7 @@ impl Journal {
     }
 
     fn maybe_compact(&self, state: &mut State) -> Result<()> {
-        let live = state.entries.len() + state.attrs.len();
+        let live = state.entries.len() + state.attrs.len() + state.dirs.len();
         let many = state.records > COMPACT_AFTER && state.records > 4 * live;
         // Content of files already uploaded has no business staying on the disk (it holds
         // plaintext): once no queued file's content depends on the log, the log is rewritten.
@@ -384,8 +453,12 @@ impl Journal {
             }
         }
         let (log, spans);
-        (log, state.end, state.len, spans) =
-            rewrite(&self.path, &state.entries, &state.attrs, &carried)?;
+        let live_records = Live {
+            entries: &state.entries,
+            attrs: &state.attrs,
+            dirs: &state.dirs,
+        };
+        (log, state.end, state.len, spans) = rewrite(&self.path, live_records, &carried)?;
         state.log = Arc::new(log);
         state.records = live;
         state.inline = spans;
@@ -474,35 +547,45 @@ fn sealed_content(record: &[u8], id: u64) -> Option<Vec<u8>> {
 }
 
 /// What a log holds, up to its first torn or corrupt record: the live entries, the
-/// contents that came in `sealed` records of live entries, and the folder changes.
-type Replayed = (
-    BTreeMap<u64, Entry>,
-    BTreeMap<u64, Vec<u8>>,
-    BTreeMap<u64, FolderAttrs>,
-);
+/// contents that came in `sealed` records of live entries, the folder changes and the
+/// folders made here.
+#[derive(Default)]
+struct Replayed {
+    entries: BTreeMap<u64, Entry>,
+    contents: BTreeMap<u64, Vec<u8>>,
+    attrs: BTreeMap<u64, FolderAttrs>,
+    dirs: BTreeMap<u64, LocalDir>,
+}
 
 fn replay(mut bytes: &[u8]) -> Replayed {
-    let mut entries = BTreeMap::new();
-    let mut contents = BTreeMap::new();
-    let mut attrs = BTreeMap::new();
+    let mut r = Replayed::default();
     while let Some((record, used)) = decode(bytes) {
         match record {
             Record::Put(entry) => {
-                entries.insert(entry.id, entry);
+                r.entries.insert(entry.id, entry);
             }
             Record::Sealed { entry, data } => {
                 let Ok(data) = B64.decode(data) else { break };
-                contents.insert(entry.id, data);
-                entries.insert(entry.id, entry);
+                r.contents.insert(entry.id, data);
+                r.entries.insert(entry.id, entry);
             }
             Record::Forget(id) => {
-                entries.remove(&id);
-                contents.remove(&id);
+                r.entries.remove(&id);
+                r.contents.remove(&id);
             }
             Record::Attrs(a) => {
-                attrs.insert(a.target, a);
+                r.attrs.insert(a.target, a);
             }
-            Record::AttrsDone { target, seq } => forget_if_current(&mut attrs, target, seq),
+            Record::AttrsDone { target, seq } => forget_if_current(&mut r.attrs, target, seq),
+            Record::Dir(d) => {
+                r.dirs.insert(d.target, d);
+            }
+            Record::DirDone { target, node } => {
+                rehome(&mut r.entries, &mut r.dirs, &mut r.attrs, target, node)
+            }
+            Record::DirGone(target) => {
+                r.dirs.remove(&target);
+            }
         }
         bytes = &bytes[used..];
     }
@@ -513,7 +596,53 @@ fn replay(mut bytes: &[u8]) -> Replayed {
             "the upload journal ends in a torn record (a crash mid-write); ignored"
         );
     }
-    (entries, contents, attrs)
+    r
+}
+
+/// Folder `target` made here is on the server as `node`: it is no longer pending, and the
+/// entries, folders and folder changes naming it name `node`.
+fn rehome(
+    entries: &mut BTreeMap<u64, Entry>,
+    dirs: &mut BTreeMap<u64, LocalDir>,
+    attrs: &mut BTreeMap<u64, FolderAttrs>,
+    target: u64,
+    node: u64,
+) {
+    dirs.remove(&target);
+    for e in entries.values_mut().filter(|e| e.parent == target) {
+        e.parent = node;
+    }
+    for d in dirs.values_mut().filter(|d| d.parent == target) {
+        d.parent = node;
+    }
+    if let Some(mut a) = attrs.remove(&target) {
+        a.target = node;
+        // A change made since, under the server's handle, is the newer one.
+        attrs.entry(node).or_insert(a);
+    }
+}
+
+impl State {
+    /// The handle that names folder `h` now (a folder made here that reached the server is
+    /// named by its server handle).
+    fn handle(&self, h: u64) -> u64 {
+        self.done.get(&h).copied().unwrap_or(h)
+    }
+
+    fn translated(&self, entry: &Entry) -> Entry {
+        Entry {
+            parent: self.handle(entry.parent),
+            ..entry.clone()
+        }
+    }
+}
+
+/// What a compacted log holds.
+#[derive(Clone, Copy)]
+struct Live<'a> {
+    entries: &'a BTreeMap<u64, Entry>,
+    attrs: &'a BTreeMap<u64, FolderAttrs>,
+    dirs: &'a BTreeMap<u64, LocalDir>,
 }
 
 /// Replaces the log at `path` with one holding just `entries` (with their content for those
@@ -521,17 +650,19 @@ fn replay(mut bytes: &[u8]) -> Replayed {
 /// records end (the next record extends it) and where the records holding `contents` are.
 fn rewrite(
     path: &Path,
-    entries: &BTreeMap<u64, Entry>,
-    attrs: &BTreeMap<u64, FolderAttrs>,
+    live: Live,
     contents: &BTreeMap<u64, Vec<u8>>,
 ) -> Result<(File, u64, u64, BTreeMap<u64, Span>)> {
     let new = path.with_extension("log.new");
     let mut buf = Vec::new();
     let mut spans = BTreeMap::new();
-    for a in attrs.values() {
+    for a in live.attrs.values() {
         encode(&mut buf, &Record::Attrs(a.clone()));
     }
-    for entry in entries.values() {
+    for d in live.dirs.values() {
+        encode(&mut buf, &Record::Dir(d.clone()));
+    }
+    for entry in live.entries.values() {
         let data = contents.get(&entry.id).map(Vec::as_slice);
         let at = buf.len();
         encode(&mut buf, &Record::of(entry, data));
@@ -600,7 +731,7 @@ mod tests {
             "length {len}, records {used}"
         );
         drop(journal);
-        let (replayed, _, _) = replay(&std::fs::read(&path).unwrap());
+        let replayed = replay(&std::fs::read(&path).unwrap()).entries;
         assert_eq!(replayed.len(), 2000);
         let journal = Journal::open(&path, dir.path()).unwrap();
         assert_eq!(journal.entries().len(), 2000);
@@ -608,7 +739,7 @@ mod tests {
             .put(&entry(9999, "after reopening"), None, &[])
             .unwrap();
         drop(journal);
-        let (replayed, _, _) = replay(&std::fs::read(&path).unwrap());
+        let replayed = replay(&std::fs::read(&path).unwrap()).entries;
         assert_eq!(replayed.len(), 2001);
     }
 
@@ -625,7 +756,7 @@ mod tests {
             .update(&entry(2, "forgotten: no entry comes back"))
             .unwrap();
         // What another process (the next mount after a SIGKILL) reads: no sync was asked for.
-        let (replayed, _, _) = replay(&std::fs::read(&path).unwrap());
+        let replayed = replay(&std::fs::read(&path).unwrap()).entries;
         let names: Vec<_> = replayed.values().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["renamed", "c"]);
         assert_eq!(
@@ -696,7 +827,7 @@ mod tests {
         journal.put(&entry(4, "d"), None, &[]).unwrap();
         drop(journal);
         let ids: Vec<_> = replay(&std::fs::read(&path).unwrap())
-            .0
+            .entries
             .into_keys()
             .collect();
         assert_eq!(ids, [1, 4]);
@@ -715,7 +846,7 @@ mod tests {
         let len = records(&path).len();
         assert!(len < 200_000, "the log was not compacted: {len} bytes");
         let replayed: Vec<_> = replay(&std::fs::read(&path).unwrap())
-            .0
+            .entries
             .into_values()
             .collect();
         assert_eq!(replayed, [entry(1, "kept")]);
@@ -751,7 +882,7 @@ mod tests {
         );
         // Reopening compacted the log; the staging file holds the content now.
         drop(journal);
-        let (_, contents, _) = replay(&std::fs::read(&path).unwrap());
+        let contents = replay(&std::fs::read(&path).unwrap()).contents;
         assert!(contents.is_empty());
     }
 
@@ -767,7 +898,11 @@ mod tests {
         journal.put(&entry(3, "big"), None, &[]).unwrap();
         journal.forget(1).unwrap();
         let log = std::fs::read(&path).unwrap();
-        assert_eq!(replay(&log).1.len(), 1, "entry 2 still depends on the log");
+        assert_eq!(
+            replay(&log).contents.len(),
+            1,
+            "entry 2 still depends on the log"
+        );
         journal.forget(2).unwrap();
         let log = std::fs::read(&path).unwrap();
         let needle = B64.encode(b"plain");
@@ -775,7 +910,10 @@ mod tests {
             !log.windows(needle.len()).any(|w| w == needle.as_bytes()),
             "uploaded content still in the log"
         );
-        assert_eq!(replay(&log).0.keys().copied().collect::<Vec<_>>(), [3]);
+        assert_eq!(
+            replay(&log).entries.keys().copied().collect::<Vec<_>>(),
+            [3]
+        );
     }
 
     #[test]
@@ -799,7 +937,9 @@ mod tests {
         let len = records(&path).len();
         assert!(len < 200_000, "the log was not compacted: {len} bytes");
         // Its staging file was never synced, so the log must still hold the content.
-        let (entries, contents, _) = replay(&std::fs::read(&path).unwrap());
+        let Replayed {
+            entries, contents, ..
+        } = replay(&std::fs::read(&path).unwrap());
         assert_eq!(entries.keys().copied().collect::<Vec<_>>(), [1]);
         assert_eq!(entries[&1].name, "renamed");
         assert_eq!(contents.get(&1).map(Vec::as_slice), Some(&b"queued"[..]));
@@ -831,7 +971,9 @@ mod tests {
             len < COMPACT_INLINE_BYTES * 2,
             "the log was not compacted: {len} bytes"
         );
-        let (entries, contents, _) = replay(&std::fs::read(&path).unwrap());
+        let Replayed {
+            entries, contents, ..
+        } = replay(&std::fs::read(&path).unwrap());
         assert!(entries.contains_key(&kept));
         assert!(!contents.contains_key(&kept), "compacted without content");
         // A staging file missing at compaction: its content stays in the log, and the next
@@ -845,7 +987,9 @@ mod tests {
                 .unwrap();
             journal.forget(id).unwrap();
         }
-        let (entries, contents, _) = replay(&std::fs::read(&path).unwrap());
+        let Replayed {
+            entries, contents, ..
+        } = replay(&std::fs::read(&path).unwrap());
         assert!(entries.len() == 2 && entries.contains_key(&5));
         assert_eq!(contents.keys().copied().collect::<Vec<_>>(), [5]);
         drop(journal);
@@ -871,7 +1015,7 @@ mod tests {
         journal.attrs_done(10, 1).unwrap();
         journal.attrs_done(11, 2).unwrap();
         drop(journal);
-        let (_, _, replayed) = replay(&std::fs::read(&path).unwrap());
+        let replayed = replay(&std::fs::read(&path).unwrap()).attrs;
         assert_eq!(replayed.into_values().collect::<Vec<_>>(), [attrs(10, 3)]);
         // Reopening compacts: the change is carried over.
         let journal = Journal::open(&path, dir.path()).unwrap();
@@ -880,5 +1024,60 @@ mod tests {
         drop(journal);
         let journal = Journal::open(&path, dir.path()).unwrap();
         assert!(journal.attrs().is_empty());
+    }
+
+    #[test]
+    fn folders_made_here_survive_a_reopen_and_once_on_the_server_are_named_by_its_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.log");
+        let local = |target, parent, name: &str| LocalDir {
+            target,
+            parent,
+            name: name.into(),
+            mode: Some(0o750),
+            mtime_ns: 9,
+        };
+        let in_folder = |id, parent| Entry {
+            parent,
+            ..entry(id, "f")
+        };
+        let journal = Journal::open(&path, dir.path()).unwrap();
+        // a (local 100) in the root (1), b (local 101) in a, c (local 102) in the root.
+        journal.put_dir(&local(100, 1, "a")).unwrap();
+        journal.put_dir(&local(101, 100, "b")).unwrap();
+        journal.put_dir(&local(102, 1, "c")).unwrap();
+        journal.put(&in_folder(1, 101), None, &[]).unwrap();
+        journal.put(&in_folder(2, 100), None, &[]).unwrap();
+        journal
+            .put_attrs(&FolderAttrs {
+                target: 100,
+                seq: 1,
+                mode: Some(0o700),
+                mtime_ns: None,
+            })
+            .unwrap();
+        // c is removed before it reached the server; a reaches it as 500.
+        journal.dir_gone(102).unwrap();
+        journal.dir_done(100, 500).unwrap();
+        // Written after: whatever still names 100 is translated.
+        journal.put(&in_folder(3, 100), None, &[]).unwrap();
+        journal.put_dir(&local(103, 100, "d")).unwrap();
+        journal.attrs_done(100, 1).unwrap();
+        let expect_dirs = [local(101, 500, "b"), local(103, 500, "d")];
+        assert_eq!(journal.dirs(), expect_dirs);
+        drop(journal);
+
+        // Replayed from the records as written, then from the compacted log.
+        for _ in 0..2 {
+            let journal = Journal::open(&path, dir.path()).unwrap();
+            assert_eq!(journal.dirs(), expect_dirs);
+            let parents: Vec<(u64, u64)> =
+                journal.entries().iter().map(|e| (e.id, e.parent)).collect();
+            assert_eq!(parents, [(1, 101), (2, 500), (3, 500)]);
+            assert!(
+                journal.attrs().is_empty(),
+                "the change done under 500 is gone"
+            );
+        }
     }
 }

@@ -87,6 +87,19 @@ pub fn forget_if_current(pending: &mut BTreeMap<u64, FolderAttrs>, target: u64, 
     }
 }
 
+/// A folder made here and not yet on the server (`mkdir` answers before the server has it;
+/// see `vfs/dirs.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalDir {
+    /// Its local handle.
+    pub target: u64,
+    /// The folder it is in (a server handle, or another local folder's).
+    pub parent: u64,
+    pub name: String,
+    pub mode: Option<u32>,
+    pub mtime_ns: i64,
+}
+
 /// A queued upload, as the journal keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -290,6 +303,28 @@ impl Writeback {
     /// Waits for the discarded staging files to be recycled (tests).
     pub fn settle(&self) {
         self.staging.settle();
+    }
+
+    /// Records folder `dir`, made here and not yet on the server (or its new fields). In the
+    /// journal when this returns; on the disk with the next sync (a `close()` of a file in
+    /// it, whose entry comes after it in the log, syncs it too).
+    pub fn put_dir(&self, dir: &LocalDir) -> Result<()> {
+        self.journal.put_dir(dir)
+    }
+
+    /// Folder `target` made here is on the server as `node`.
+    pub fn dir_done(&self, target: u64, node: u64) -> Result<()> {
+        self.journal.dir_done(target, node)
+    }
+
+    /// Folder `target` made here was removed before it reached the server.
+    pub fn dir_gone(&self, target: u64) -> Result<()> {
+        self.journal.dir_gone(target)
+    }
+
+    /// The folders made here and not yet on the server.
+    pub fn pending_dirs(&self) -> Vec<LocalDir> {
+        self.journal.dirs()
     }
 
     /// Records a folder's change not yet on the server. In the journal when this returns (a
