@@ -24,10 +24,10 @@
 //! daemon keeps it) and on the disk with the next sync, which the first `close()` of a file
 //! inside it makes: a file that survives a power loss finds its folder again. A folder made
 //! and left empty just before a power loss may be gone, as on a local file system before an
-//! `fsync` of its parent. After the server created it, `dirdone` is synced before anything
-//! else is done in the folder's name; a crash in between makes the next mount create it
-//! again (an empty duplicate is left on the server, as an upload committed in that instant
-//! is uploaded again).
+//! `fsync` of its parent. Once the server created it, `dirdone` reaches the disk with the next
+//! sync; a mount after a crash before that (or one that came while the server was still
+//! answering) fetches the server's tree whole and takes a folder of the same name in the same
+//! place for this one, with what was made in it, rather than create it twice.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -171,10 +171,10 @@ impl<R: Remote> Vfs<R> {
             node: made.clone(),
         }])?;
         self.dirs.remove(local.handle);
+        // On the disk with the next sync (a close's, a commit's). A crash before that leaves
+        // the `dir` record alone: the next mount finds the folder on the server by its name
+        // and parent (`settle_restored`) rather than make it twice.
         self.wb.dir_done(local.handle.as_u64(), handle.as_u64())?;
-        // Before anything names the server's folder (a commit into it, say): a crash must not
-        // make the next mount create it again.
-        self.wb.sync()?;
         self.loading.mark([handle]);
         Ok(made)
     }

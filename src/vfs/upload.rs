@@ -408,8 +408,9 @@ impl<R: Remote> Vfs<R> {
             }
         }
         drop(ns);
-        // One flush makes every retirement of the batch durable, before anyone hears of it.
-        if let Err(error) = self.wb.sync() {
+        // One flush makes every retirement of the batch durable, before anyone hears of it
+        // (usually a close()'s own sync, a moment later: see `sync_lazily`).
+        if let Err(error) = self.wb.sync_lazily().await {
             tracing::warn!(%error, "could not flush the journal after committing uploads");
         }
         for (done, outcome) in outcomes {

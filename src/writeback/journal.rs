@@ -371,7 +371,13 @@ impl Journal {
         Ok(())
     }
 
-    fn covered(&self, mark: Mark) -> bool {
+    /// Syncs that reached the disk so far.
+    #[cfg(test)]
+    pub fn disk_syncs(&self) -> u64 {
+        self.disk_syncs.load(Ordering::Relaxed)
+    }
+
+    pub fn covered(&self, mark: Mark) -> bool {
         self.durable.load(Ordering::Acquire) >= mark.0
     }
 

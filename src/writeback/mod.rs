@@ -87,6 +87,9 @@ pub fn forget_if_current(pending: &mut BTreeMap<u64, FolderAttrs>, target: u64, 
     }
 }
 
+/// How long [`Writeback::sync_lazily`] waits for another sync to cover its changes.
+const LAZY_SYNC_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// A folder made here and not yet on the server (`mkdir` answers before the server has it;
 /// see `vfs/dirs.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -294,6 +297,26 @@ impl Writeback {
         self.journal.sync()
     }
 
+    /// [`Writeback::sync`] for a caller that can wait a little: during a stream of closes,
+    /// one of theirs (each `close()` syncs) covers these changes within a millisecond, so
+    /// this waits up to [`LAZY_SYNC_WAIT`] for that before it syncs itself. Upload commits
+    /// used to sync at once, and a `close()` arriving during such a sync waited for it, then
+    /// for its own: two disk flushes in the path of the close.
+    pub async fn sync_lazily(&self) -> Result<()> {
+        let mark = self.journal.mark();
+        let deadline = tokio::time::Instant::now() + LAZY_SYNC_WAIT;
+        while !self.journal.covered(mark) {
+            if tokio::time::Instant::now() >= deadline {
+                let journal = self.journal.clone();
+                return tokio::task::spawn_blocking(move || journal.sync_to(mark))
+                    .await
+                    .expect("the sync does not panic");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        Ok(())
+    }
+
     /// A staging file no entry refers to any more: emptied and kept for reuse once nothing
     /// holds it, off the caller's path (truncating a large file takes a while).
     pub fn discard(&self, id: u64) {
@@ -446,5 +469,30 @@ mod tests {
         assert_eq!(wb.pending().unwrap(), vec![entry(9)]);
         let (next, _) = wb.create().unwrap();
         assert!(next > 9);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lazy_sync_rides_on_another_one_and_alone_syncs_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let wb = std::sync::Arc::new(Writeback::open(dir.path()).unwrap());
+        let syncs = || wb.journal.disk_syncs();
+        // Alone: it waits, then syncs itself.
+        wb.journal.put(&entry(1), None, &[]).unwrap();
+        let before = syncs();
+        wb.sync_lazily().await.unwrap();
+        assert_eq!(syncs(), before + 1);
+        assert!(wb.journal.covered(wb.journal.mark()));
+        // A close's sync meanwhile covers its changes: no sync of its own.
+        wb.journal.put(&entry(2), None, &[]).unwrap();
+        let before = syncs();
+        let other = wb.clone();
+        let close = tokio::spawn(async move {
+            // A change of its own: had the lazy sync flushed first, this would need another.
+            other.journal.put(&entry(3), None, &[]).unwrap();
+            other.sync().unwrap();
+        });
+        wb.sync_lazily().await.unwrap();
+        close.await.unwrap();
+        assert_eq!(syncs(), before + 1, "one disk flush for both");
     }
 }
