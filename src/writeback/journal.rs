@@ -119,6 +119,10 @@ pub struct Journal {
     /// Appends known to be on the disk: a sync that finds its changes below this has nothing
     /// to do.
     durable: AtomicU64,
+    /// Told each time `durable` moves (a sync or a compaction reached the disk).
+    advanced: tokio::sync::Notify,
+    /// When the last sync reached the disk.
+    last_sync: Mutex<Option<std::time::Instant>>,
     /// Held while a sync runs. Syncs take turns: one that waited behind another often finds
     /// that the other covered its changes (group commit).
     syncing: Mutex<()>,
@@ -215,6 +219,8 @@ impl Journal {
                 appended: 0,
             }),
             durable: AtomicU64::new(0),
+            advanced: tokio::sync::Notify::new(),
+            last_sync: Mutex::new(None),
             syncing: Mutex::new(()),
             disk_syncs: AtomicU64::new(0),
         })
@@ -368,6 +374,8 @@ impl Journal {
         log.sync_data().map_err(|e| io(&self.path, e))?;
         self.disk_syncs.fetch_add(1, Ordering::Relaxed);
         self.durable.fetch_max(reached, Ordering::Release);
+        *self.last_sync.lock() = Some(std::time::Instant::now());
+        self.advanced.notify_waiters();
         Ok(())
     }
 
@@ -375,6 +383,42 @@ impl Journal {
     #[cfg(test)]
     pub fn disk_syncs(&self) -> u64 {
         self.disk_syncs.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the changes before `mark` are on the disk, letting another caller's sync
+    /// do it when syncs are coming often (within `wait` of each other); else syncs itself.
+    pub async fn sync_lazily(
+        self: &Arc<Self>,
+        mark: Mark,
+        wait: std::time::Duration,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let streaming = (*self.last_sync.lock()).is_some_and(|t| t.elapsed() < wait);
+        if streaming {
+            self.wait_covered(mark, deadline).await;
+        }
+        if self.covered(mark) {
+            return Ok(());
+        }
+        let journal = self.clone();
+        tokio::task::spawn_blocking(move || journal.sync_to(mark))
+            .await
+            .expect("the sync does not panic")
+    }
+
+    /// Waits until another sync covers `mark`, or `deadline`.
+    async fn wait_covered(&self, mark: Mark, deadline: tokio::time::Instant) {
+        loop {
+            let advanced = self.advanced.notified();
+            tokio::pin!(advanced);
+            advanced.as_mut().enable();
+            if self.covered(mark) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, advanced).await.is_err() {
+                return;
+            }
+        }
     }
 
     pub fn covered(&self, mark: Mark) -> bool {
@@ -471,6 +515,7 @@ impl Journal {
         state.inline_bytes = carried.values().map(|d| d.len() as u64).sum();
         // The rewritten log is on the disk, with its name: everything so far is.
         self.durable.fetch_max(state.appended, Ordering::Release);
+        self.advanced.notify_waiters();
         Ok(())
     }
 

@@ -297,24 +297,14 @@ impl Writeback {
         self.journal.sync()
     }
 
-    /// [`Writeback::sync`] for a caller that can wait a little: during a stream of closes,
-    /// one of theirs (each `close()` syncs) covers these changes within a millisecond, so
-    /// this waits up to [`LAZY_SYNC_WAIT`] for that before it syncs itself. Upload commits
-    /// used to sync at once, and a `close()` arriving during such a sync waited for it, then
-    /// for its own: two disk flushes in the path of the close.
+    /// [`Writeback::sync`] for a caller that can wait a little: during a stream of closes
+    /// (each `close()` syncs), one of theirs covers these changes within a fraction of a
+    /// millisecond, so this waits up to [`LAZY_SYNC_WAIT`] for that; with no sync that recent,
+    /// it syncs at once. Upload commits used to sync at once always, and a `close()` arriving
+    /// during such a sync waited for it, then for its own: two disk flushes in its path.
     pub async fn sync_lazily(&self) -> Result<()> {
         let mark = self.journal.mark();
-        let deadline = tokio::time::Instant::now() + LAZY_SYNC_WAIT;
-        while !self.journal.covered(mark) {
-            if tokio::time::Instant::now() >= deadline {
-                let journal = self.journal.clone();
-                return tokio::task::spawn_blocking(move || journal.sync_to(mark))
-                    .await
-                    .expect("the sync does not panic");
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
-        Ok(())
+        self.journal.sync_lazily(mark, LAZY_SYNC_WAIT).await
     }
 
     /// A staging file no entry refers to any more: emptied and kept for reuse once nothing
@@ -476,7 +466,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wb = std::sync::Arc::new(Writeback::open(dir.path()).unwrap());
         let syncs = || wb.journal.disk_syncs();
-        // Alone: it waits, then syncs itself.
+        // No sync lately: it syncs itself, at once.
         wb.journal.put(&entry(1), None, &[]).unwrap();
         let before = syncs();
         wb.sync_lazily().await.unwrap();
