@@ -727,11 +727,7 @@ impl Tree {
     /// changes still naming `old` land in it.
     fn rehome_children(&mut self, ino: u64, old: Handle, new: Handle, b: &mut Batch) {
         self.aliases.insert(old, new);
-        let kids: Vec<u64> = self.entries[&ino]
-            .dir
-            .as_ref()
-            .map(|d| d.order.iter().copied().collect())
-            .unwrap_or_default();
+        let kids = self.children_of(ino);
         for kid in kids {
             let e = self.entries.get_mut(&kid).expect("indexed child exists");
             if e.parent == Some(old) {
@@ -754,14 +750,19 @@ impl Tree {
     /// changes still naming `old` land there.
     fn move_children(&mut self, ino: u64, old: Handle, new: Handle, b: &mut Batch) {
         self.aliases.insert(old, new);
-        let kids: Vec<u64> = self.entries[&ino]
-            .dir
-            .as_ref()
-            .map(|d| d.order.iter().copied().collect())
-            .unwrap_or_default();
+        let kids = self.children_of(ino);
         for kid in kids {
             self.move_node(self.entries[&kid].handle, new, b);
         }
+    }
+
+    /// A folder's children, in `readdir` order.
+    fn children_of(&self, ino: u64) -> Vec<u64> {
+        self.entries[&ino]
+            .dir
+            .as_ref()
+            .map(|d| d.order.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// The handle a node is known by now (a local folder's, once on the server, is the
@@ -824,11 +825,7 @@ impl Tree {
         }
         let handle = e.handle;
         self.detach(ino, b);
-        let kids: Vec<u64> = self.entries[&ino]
-            .dir
-            .as_ref()
-            .map(|d| d.order.iter().copied().collect())
-            .unwrap_or_default();
+        let kids = self.children_of(ino);
         for kid in kids {
             if self.entries[&kid].deleted {
                 // Deleted with this folder: it leaves with it, no separate kernel entry to drop.
