@@ -42,11 +42,15 @@ fn listing(f: &MountFixture) -> BTreeMap<String, DecryptedNode> {
         parts.reverse();
         parts.join("/")
     };
-    nodes
-        .iter()
-        .filter(|n| n.wire.t == 0 || n.wire.t == 1)
-        .map(|n| (path_of(n), n.clone()))
-        .collect()
+    let mut listed = BTreeMap::new();
+    for n in nodes.iter().filter(|n| n.wire.t == 0 || n.wire.t == 1) {
+        let path = path_of(n);
+        assert!(
+            listed.insert(path.clone(), n.clone()).is_none(),
+            "{path} is on the server twice"
+        );
+    }
+    listed
 }
 
 #[test]
@@ -228,6 +232,9 @@ fn a_sigkill_keeps_folders_made_here_and_the_files_in_them_and_makes_each_once()
     fs::create_dir_all(f.path("x/y")).unwrap();
     fs::write(f.path("x/y/kept.txt"), b"closed before the kill").unwrap();
     fs::create_dir(f.path("x/y/z")).unwrap();
+    // Time for the daemon to send the first folder to the paused server: the server creates
+    // it once resumed, after the daemon is gone, so the next mount must find it there.
+    std::thread::sleep(std::time::Duration::from_millis(300));
     f.kill();
     f.pause_server(false);
     f.mount();
