@@ -265,3 +265,29 @@ fn a_sigkill_keeps_folders_made_here_and_the_files_in_them_and_makes_each_once()
     f.mount();
     assert_eq!(fs::read(f.path("x/renamed/f")).unwrap(), b"late");
 }
+
+#[test]
+fn a_folder_put_back_after_a_crash_is_matched_among_its_siblings_not_with_its_grandparent() {
+    let mut f = MountFixture::new();
+    fs::create_dir_all(f.path("x/y")).unwrap();
+    f.unmount();
+    f.mount();
+    // Made while the server does not answer, so the next mount puts it back and looks for
+    // it on the server. Its grandparent has the same name.
+    f.pause_server(true);
+    fs::create_dir(f.path("x/y/x")).unwrap();
+    fs::write(f.path("x/y/x/inner.txt"), b"stays in x/y/x").unwrap();
+    f.kill();
+    f.pause_server(false);
+    f.mount();
+    f.unmount();
+
+    let nodes = listing(&f);
+    let names: Vec<&str> = nodes.keys().map(String::as_str).collect();
+    assert_eq!(names, ["x", "x/y", "x/y/x", "x/y/x/inner.txt"]);
+    f.mount();
+    assert_eq!(
+        fs::read(f.path("x/y/x/inner.txt")).unwrap(),
+        b"stays in x/y/x"
+    );
+}

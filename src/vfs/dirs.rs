@@ -35,7 +35,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use super::upload::retry_delay;
-use super::{Result, Stat, Vfs, VfsError, now_ns};
+use super::{Result, Stat, Vfs, VfsError};
 use crate::remote::{Meta, Remote};
 use crate::tree::{Change, Handle, Node, NodeKind, ROOT_INO};
 use crate::writeback::LocalDir;
@@ -153,7 +153,6 @@ impl<R: Remote> Vfs<R> {
                 .ok_or(VfsError::NotFound)?
         };
         let made = self.remote.mkdir(&parent, &Meta::of(&local)).await?;
-        let handle = made.handle;
         // A mode or time set while the server was answering is in the tree, queued for the
         // server (`attrs.rs`): the tree keeps it rather than show the older one meanwhile.
         let now = {
@@ -166,17 +165,22 @@ impl<R: Remote> Vfs<R> {
             mtime_ns: now.mtime_ns,
             ..made
         };
-        self.apply(vec![Change::Replace {
-            old: local.handle,
-            node: made.clone(),
-        }])?;
-        self.dirs.remove(local.handle);
-        // On the disk with the next sync (a close's, a commit's). A crash before that leaves
-        // the `dir` record alone: the next mount finds the folder on the server by its name
-        // and parent (`settle_restored`) rather than make it twice.
-        self.wb.dir_done(local.handle.as_u64(), handle.as_u64())?;
-        self.loading.mark([handle]);
+        self.now_on_server(local.handle, made.clone())?;
         Ok(made)
+    }
+
+    /// Local folder `local` is `node` on the server: the tree (same inode, children and all)
+    /// and the journal learn it. The journal's `dirdone` is on the disk with the next sync (a
+    /// close's, a commit's); a crash before that leaves the `dir` record alone, and the next
+    /// mount finds the folder on the server by its name and parent (`settle_restored`)
+    /// rather than make it twice.
+    fn now_on_server(&self, local: Handle, node: Node) -> Result<()> {
+        let handle = node.handle;
+        self.apply(vec![Change::Replace { old: local, node }])?;
+        self.dirs.remove(local);
+        self.wb.dir_done(local.as_u64(), handle.as_u64())?;
+        self.loading.mark([handle]);
+        Ok(())
     }
 
     /// Puts back the folders a previous mount made and did not get to the server (the
@@ -243,10 +247,11 @@ impl<R: Remote> Vfs<R> {
                 tree.ino_of(handle).and_then(|ino| {
                     let node = tree.node(ino)?;
                     let parent = tree.parent_of(ino)?;
-                    let twin = tree.readdir(parent, 0).ok()?.find_map(|e| {
+                    // Its siblings: from offset 2, past `.` and `..` (the grandparent, which
+                    // may have the same name).
+                    let twin = tree.readdir(parent, 2).ok()?.find_map(|e| {
                         let other = tree.node(e.ino)?;
                         (e.ino != ino
-                            && e.ino != parent
                             && other.kind.is_dir()
                             && !other.handle.is_local()
                             && other.name == node.name)
@@ -257,12 +262,7 @@ impl<R: Remote> Vfs<R> {
             };
             if let Some(twin) = found {
                 tracing::info!("a folder made before a crash is on the server already: kept once");
-                self.apply(vec![Change::Replace {
-                    old: handle,
-                    node: twin.clone(),
-                }])?;
-                self.dirs.remove(handle);
-                self.wb.dir_done(handle.as_u64(), twin.handle.as_u64())?;
+                self.now_on_server(handle, twin)?;
             }
         }
         self.wb.sync()?;
@@ -352,19 +352,14 @@ fn record_of(node: &Node) -> LocalDir {
 /// The tree node of a folder made here: no key and no service attributes until the server
 /// creates it.
 fn local_dir_node(handle: Handle, parent: Handle, meta: &Meta) -> Node {
-    let mtime_ns = if meta.mtime_ns == 0 {
-        now_ns()
-    } else {
-        meta.mtime_ns
-    };
     Node {
         handle,
         parent: Some(parent),
         kind: NodeKind::Folder,
         name: meta.name.clone(),
         size: 0,
-        mtime_ns,
-        created: mtime_ns.div_euclid(1_000_000_000),
+        mtime_ns: meta.mtime_ns,
+        created: meta.mtime_ns.div_euclid(1_000_000_000),
         mode: meta.mode,
         symlink: None,
         key: Vec::new(),

@@ -51,6 +51,7 @@
 //! the live entries written to `journal.log.new`, synced, renamed over it — when it is opened
 //! and whenever it holds many more records than live entries.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -230,7 +231,8 @@ impl Journal {
     /// given, then forgets `forgotten`; one write.
     pub fn put(&self, entry: &Entry, data: Option<&[u8]>, forgotten: &[u64]) -> Result<()> {
         let mut state = self.state.lock();
-        let entry = &state.translated(entry);
+        let translated = state.translated(entry);
+        let entry: &Entry = &translated;
         let mut records = vec![Record::of(entry, data)];
         records.extend(forgotten.iter().map(|&id| Record::Forget(id)));
         let first = self.append(&mut state, &records)?;
@@ -252,7 +254,7 @@ impl Journal {
         if !state.entries.contains_key(&entry.id) {
             return Ok(());
         }
-        let entry = state.translated(entry);
+        let entry = state.translated(entry).into_owned();
         self.append(&mut state, &[Record::Put(entry.clone())])?;
         state.entries.insert(entry.id, entry);
         Ok(())
@@ -680,10 +682,14 @@ impl State {
         self.done.get(&h).copied().unwrap_or(h)
     }
 
-    fn translated(&self, entry: &Entry) -> Entry {
-        Entry {
-            parent: self.handle(entry.parent),
-            ..entry.clone()
+    /// `entry` naming its folder by the handle it has now; as it is, usually.
+    fn translated<'a>(&self, entry: &'a Entry) -> Cow<'a, Entry> {
+        match self.done.get(&entry.parent) {
+            Some(&parent) => Cow::Owned(Entry {
+                parent,
+                ..entry.clone()
+            }),
+            None => Cow::Borrowed(entry),
         }
     }
 }
