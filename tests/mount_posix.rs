@@ -626,3 +626,78 @@ fn a_folders_mode_and_time_are_set_without_the_server_and_reach_it_after_a_sigki
     assert_eq!(after, (0o711, 2_000_000_000_000_000_005));
     assert!(!before, "the renamed folder is still under its old name");
 }
+
+fn access(p: &Path, mode: i32) -> i32 {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    if unsafe { libc::access(c.as_ptr(), mode) } == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap()
+    }
+}
+
+fn requests(f: &MountFixture, op: &str) -> u64 {
+    let out = f
+        .command()
+        .args(["status", "--json"])
+        .arg(&f.mnt)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["requests"][op]["count"].as_u64().unwrap_or(0)
+}
+
+/// The tests run as root, whose mounts the kernel does not check modes on (`cli/mount.rs`):
+/// root must meet the same rules as with the kernel's checks, and the folder round trip those
+/// checks cost must be gone; `--default-permissions` brings them back.
+#[test]
+fn root_is_held_to_execute_bits_and_asks_no_folder_attributes_per_file_written() {
+    let mut f = MountFixture::new();
+    fs::create_dir(f.path("bin")).unwrap();
+    let script = f.path("bin/run.sh");
+    fs::write(&script, b"#!/bin/sh\nexit 7\n").unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(access(&script, libc::X_OK), libc::EACCES);
+    let refused = Command::new(&script).status().unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::PermissionDenied);
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(access(&script, libc::X_OK), 0);
+    assert_eq!(Command::new(&script).status().unwrap().code(), Some(7));
+
+    // Nothing else is refused to root: a file no one may read or write, a folder no one may
+    // enter or change.
+    let locked = f.path("bin/locked");
+    fs::write(&locked, b"secret").unwrap();
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
+    assert_eq!(access(&locked, libc::R_OK | libc::W_OK), 0);
+    assert_eq!(fs::read(&locked).unwrap(), b"secret");
+    fs::write(&locked, b"changed").unwrap();
+    assert_eq!(fs::read(&locked).unwrap(), b"changed");
+    fs::set_permissions(f.path("bin"), fs::Permissions::from_mode(0o000)).unwrap();
+    assert_eq!(
+        access(&f.path("bin"), libc::R_OK | libc::W_OK | libc::X_OK),
+        0
+    );
+    fs::write(f.path("bin/more"), b"x").unwrap();
+    assert_eq!(fs::read(&locked).unwrap(), b"changed");
+    fs::set_permissions(f.path("bin"), fs::Permissions::from_mode(0o755)).unwrap();
+
+    // Files written into a folder one after another: without the kernel's checks it asks
+    // for no attributes; with them, for the folder's after each create.
+    let written = |f: &MountFixture, dir: &str| {
+        fs::create_dir(f.path(dir)).unwrap();
+        let before = requests(f, "getattr");
+        for i in 0..20 {
+            fs::write(f.path(&format!("{dir}/f{i}")), b"data").unwrap();
+        }
+        requests(f, "getattr") - before
+    };
+    let unchecked = written(&f, "plain");
+    assert!(unchecked < 5, "{unchecked} GETATTRs for 20 files");
+    f.mount_options(&["--default-permissions"]);
+    f.remount();
+    let checked = written(&f, "checked");
+    assert!(checked >= 19, "{checked} GETATTRs for 20 files");
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(access(&script, libc::X_OK), libc::EACCES);
+}

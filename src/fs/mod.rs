@@ -27,7 +27,7 @@ use tracing::Instrument;
 pub use errno::errno_of;
 
 use crate::remote::Remote;
-use crate::vfs::{Kind, SetAttr, Stat, Vfs, VfsError};
+use crate::vfs::{Caller, Kind, SetAttr, Stat, Vfs, VfsError};
 
 /// How long the kernel may trust attributes and names unless told otherwise (`--attr-timeout`).
 /// Every change the tree learns of (another client's, through the change feed) is pushed to
@@ -589,12 +589,14 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         });
     }
 
-    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let _timed = stats::Timed::start("access");
-        match self.vfs.getattr(ino.0) {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(fail("access", &e)),
-        }
+        let caller = Caller {
+            uid: req.uid(),
+            gid: req.gid(),
+        };
+        let result = self.vfs.access(ino.0, caller, mask.bits() as u32);
+        reply_empty("access", reply, result);
     }
 
     fn create(
