@@ -26,7 +26,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -122,7 +121,6 @@ pub struct Entry {
 pub struct Writeback {
     staging: Pool,
     journal: Arc<Journal>,
-    next_id: AtomicU64,
 }
 
 impl Writeback {
@@ -141,22 +139,7 @@ impl Writeback {
             .map_err(io)?;
         let journal = Arc::new(Journal::open(&dir.join("journal.log"), &staging_dir)?);
         migrate_sled_journal(dir, &journal)?;
-        // A discarded staging file is emptied only once the journal's `forget` of it is on the
-        // disk: after a power loss, an entry that came back must find its content. Its mark is
-        // the journal's when it was discarded, after that `forget`.
-        let synced = journal.clone();
-        let staging = Pool::open(&staging_dir, move |mark| {
-            synced
-                .sync_to(journal::Mark::at(mark))
-                .map_err(std::io::Error::other)
-        })
-        .map_err(io)?;
-        let wb = Writeback {
-            staging,
-            journal,
-            next_id: AtomicU64::new(0),
-        };
-        let pending: HashSet<u64> = wb.pending()?.iter().map(|e| e.id).collect();
+        let pending: HashSet<u64> = journal.entries().iter().map(|e| e.id).collect();
         let mut max = pending.iter().copied().max().unwrap_or(0);
         for entry in std::fs::read_dir(&staging_dir).map_err(io)? {
             let entry = entry.map_err(io)?;
@@ -175,8 +158,17 @@ impl Writeback {
             }
             max = max.max(id.unwrap_or(0));
         }
-        wb.next_id.store(max + 1, Ordering::Relaxed);
-        Ok(wb)
+        // A discarded staging file is emptied only once the journal's `forget` of it is on the
+        // disk: after a power loss, an entry that came back must find its content. Its mark is
+        // the journal's when it was discarded, after that `forget`.
+        let synced = journal.clone();
+        let staging = Pool::open(&staging_dir, max + 1, move |mark| {
+            synced
+                .sync_to(journal::Mark::at(mark))
+                .map_err(std::io::Error::other)
+        })
+        .map_err(io)?;
+        Ok(Writeback { staging, journal })
     }
 
     pub fn path_of(&self, id: u64) -> PathBuf {
@@ -193,9 +185,11 @@ impl Writeback {
     /// A new, empty staging file (0600), reusing a discarded one when there is one (see
     /// `staging.rs`: creating inodes is what small files cost most).
     pub fn create(&self) -> Result<(u64, Staged)> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let file = self.staging.create(id).map_err(self.io_error(id))?;
-        Ok((id, file))
+        let file = self.staging.create().map_err(|source| WritebackError::Io {
+            path: self.staging.dir().to_path_buf(),
+            source,
+        })?;
+        Ok((file.id(), file))
     }
 
     /// A new staging file holding a copy of staging file `from`.

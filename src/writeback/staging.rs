@@ -5,8 +5,17 @@
 //! skips every inode freed in the last half minute or so (`recently_deleted`), and staging
 //! files are freed as fast as uploads commit: a `create` spent 0.9 ms of CPU in the kernel
 //! finding an inode, a quarter of the daemon's time writing 10 000 small files (`perf`). A
-//! staging file that is no longer needed is therefore truncated and kept under `free/`; the
-//! next staging file is one of those, renamed (tens of microseconds).
+//! staging file that is no longer needed is therefore truncated and kept for the next one.
+//!
+//! Why named ahead: taking a kept file used to cost a rename into place at `create`, 40 µs of
+//! the request's CPU and a wait on the file system's lock for renames across folders (the
+//! recycler's ran at the same time), a third of a small file's `create`. The recycler now gives
+//! each kept file the name of a future staging file, `<id>` with an id reserved then, and
+//! keeps it open: `create` takes the oldest one and makes no system call. Ids stay in the
+//! order files are created, which says which of two versions of a file is newer
+//! (`Vfs::superseded`): only the recycler reserves ids ahead, in order; a `create` that finds
+//! none ready takes a new id, and a ready file whose id that overtook (reserved at that
+//! moment) is named again.
 //!
 //! Why holds: a staging file is read by open handles, by the upload that sends it and by the
 //! copy a writer makes of a queued version, each through its own descriptor. Reusing a file
@@ -21,14 +30,15 @@
 //! synced for every batch: 600 extra disk flushes in an `rsync` of 2 000 files, each one
 //! making the next `close()` wait longer for its own.)
 //!
-//! Why some free files stay open: taking one then costs a rename only, where opening it again
-//! cost an `openat` and a `statx` (a third of a small file's `create`). At most
-//! [`MAX_OPEN_FREE`] (fewer when the limit on open files is low: a queued file holds no
-//! descriptor, and the free ones must not take the room that open handles need).
+//! Why only some: each ready file holds a descriptor. At most [`MAX_OPEN_FREE`] (fewer when the
+//! limit on open files is low: a queued file holds no descriptor, and the ready ones must not
+//! take the room that open handles need); the others wait under `free/`, without one, and are
+//! named ahead as the ready ones are taken.
 //!
-//! On disk: `staging/<id>` for files in use, `staging/free/<n>` for empty ones waiting. A crash
-//! between the rename into `free/` and the truncation leaves a non-empty free file; it is
-//! truncated when taken.
+//! On disk: `staging/<id>` for files in use and ready ones (a ready file has no journal entry,
+//! so the next mount removes it with the other leftovers), `staging/free/<n>` for empty ones
+//! waiting. A crash between the rename into `free/` and the truncation leaves a non-empty free
+//! file; it is truncated when named ahead.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -46,7 +56,7 @@ use crate::direct_io;
 /// Empty staging files kept for reuse; beyond this, discarded files are deleted.
 const MAX_FREE: usize = 1024;
 
-/// Free files kept open, at most (see the module's doc).
+/// Files named ahead and kept open, at most (see the module's doc).
 const MAX_OPEN_FREE: usize = 256;
 
 /// How long the recycler gathers discarded files before it empties them (see the module's doc).
@@ -129,12 +139,29 @@ struct State {
     holds: HashMap<u64, usize>,
     /// Discarded, not yet recycled: can no longer be held. With the mark given at `discard`.
     discarded: HashMap<u64, u64>,
-    /// Files under `free/` without a descriptor, ready to be taken: empty, unless a crash
-    /// interrupted their recycling (adopted at open).
+    /// Files under `free/` without a descriptor, waiting to be named ahead: empty, unless a
+    /// crash interrupted their recycling (adopted at open).
     free: Vec<u64>,
-    /// Free files kept with their descriptor (see the module's doc), taken first.
-    open_free: Vec<(u64, File)>,
     next_free: u64,
+    /// Empty files named `<id>` for a reserved id, open, oldest id first (see the module's
+    /// doc).
+    ready: std::collections::VecDeque<(u64, File)>,
+    /// The next id to give out or reserve.
+    next_id: u64,
+    /// The highest id given to a `create`.
+    last_given: u64,
+    /// The recycler was asked to name free files ahead and has not yet.
+    topping_up: bool,
+}
+
+/// What the recycler thread is asked to do.
+enum Job {
+    /// Recycle a discarded file once the journal is on the disk up to the mark.
+    Discarded { id: u64, mark: u64 },
+    /// Name free files ahead (the ready ones run low).
+    TopUp,
+    /// Name a ready file again: a `create` gave out a newer id first.
+    Rename(u64, File),
 }
 
 struct Shared {
@@ -144,7 +171,7 @@ struct Shared {
     state: Mutex<State>,
     /// Signalled whenever `discarded` shrinks (for `settle`).
     settled: Condvar,
-    recycler: Mutex<mpsc::Sender<(u64, u64)>>,
+    recycler: Mutex<mpsc::Sender<Job>>,
 }
 
 /// Runs before discarded files are emptied, with the highest of their marks (the journal's
@@ -161,56 +188,114 @@ impl Shared {
     }
 
     fn recycle(&self, id: u64, mark: u64) {
-        if self.recycler.lock().send((id, mark)).is_err() {
+        if self.send(Job::Discarded { id, mark }).is_err() {
             // The recycler is gone (shutting down): the next mount removes the file.
             self.state.lock().discarded.remove(&id);
         }
     }
 
-    /// On the recycler thread: moves `id` out of reach, empties it, keeps it for reuse (or
-    /// deletes it when enough are kept).
+    fn send(&self, job: Job) -> Result<(), mpsc::SendError<Job>> {
+        self.recycler.lock().send(job)
+    }
+
+    /// Reserves the next id for a file named ahead, if there is room for one more.
+    fn reserve(&self) -> Option<u64> {
+        let mut state = self.state.lock();
+        (state.ready.len() < self.max_open_free).then(|| {
+            state.next_id += 1;
+            state.next_id - 1
+        })
+    }
+
+    /// On the recycler thread: empties discarded file `id` and names it ahead, or keeps it
+    /// under `free/` when enough are named, or deletes it when enough are kept.
     fn recycle_now(&self, id: u64) {
-        let n = {
-            let mut state = self.state.lock();
-            if state.free.len() + state.open_free.len() >= MAX_FREE {
-                None
-            } else {
-                state.next_free += 1;
-                Some(state.next_free)
-            }
-        };
         let path = self.path_of(id);
-        // Only this thread adds free files: the room counted here is still there below.
-        let keep_open = self.state.lock().open_free.len() < self.max_open_free;
-        let kept = n.and_then(|n| {
-            let free = self.free_path(n);
-            std::fs::rename(&path, &free).ok()?;
-            let emptied = OpenOptions::new().write(true).open(&free).ok()?;
-            emptied.set_len(0).ok()?;
-            // The descriptor kept is not the one that truncated: ext4 writes out a file
-            // truncated to zero when a descriptor open across the truncation closes
-            // (`auto_da_alloc`). Kept open, that would be at the small file's `release`, its
-            // content sent to the disk there; closed here, there is nothing to write.
-            let open = if keep_open {
-                Some(OpenOptions::new().read(true).write(true).open(&free).ok()?)
-            } else {
-                None
-            };
-            drop(emptied);
-            Some((n, open))
-        });
-        match kept {
-            Some((n, Some(file))) => self.state.lock().open_free.push((n, file)),
-            Some((n, None)) => self.state.lock().free.push(n),
-            None => {
-                let _ = std::fs::remove_file(&path);
-                if let Some(n) = n {
-                    let _ = std::fs::remove_file(self.free_path(n));
-                }
-            }
+        let kept = match self.reserve() {
+            Some(next) => self.name_ahead(&path, next).is_some(),
+            None => self.keep_free(&path).is_some(),
+        };
+        if !kept {
+            let _ = std::fs::remove_file(&path);
         }
         self.state.lock().discarded.remove(&id);
         self.settled.notify_all();
+    }
+
+    /// Renames the file at `from` to `<next>`, empties it and adds it to the ready ones.
+    fn name_ahead(&self, from: &Path, next: u64) -> Option<()> {
+        let path = self.path_of(next);
+        std::fs::rename(from, &path).ok()?;
+        let emptied = OpenOptions::new().write(true).open(&path).ok()?;
+        if emptied.metadata().ok()?.len() > 0 {
+            emptied.set_len(0).ok()?;
+        }
+        // The descriptor kept is not the one that truncated: ext4 writes out a file
+        // truncated to zero when a descriptor open across the truncation closes
+        // (`auto_da_alloc`). Kept open, that would be at the small file's `release`, its
+        // content sent to the disk there; closed here, there is nothing to write.
+        let Ok(file) = OpenOptions::new().read(true).write(true).open(&path) else {
+            let _ = std::fs::remove_file(&path);
+            return None;
+        };
+        drop(emptied);
+        // Only this thread reserves ids, in order: pushed in order too.
+        self.state.lock().ready.push_back((next, file));
+        Some(())
+    }
+
+    /// Moves the file at `from` under `free/`, emptied, if fewer than [`MAX_FREE`] are.
+    fn keep_free(&self, from: &Path) -> Option<()> {
+        let n = {
+            let mut state = self.state.lock();
+            if state.free.len() + state.ready.len() >= MAX_FREE {
+                return None;
+            }
+            state.next_free += 1;
+            state.next_free
+        };
+        let free = self.free_path(n);
+        std::fs::rename(from, &free).ok()?;
+        let emptied = OpenOptions::new().write(true).open(&free);
+        if emptied.and_then(|f| f.set_len(0)).is_err() {
+            let _ = std::fs::remove_file(&free);
+            return None;
+        }
+        self.state.lock().free.push(n);
+        Some(())
+    }
+
+    /// On the recycler thread: names free files ahead while there is room for more ready
+    /// ones.
+    fn top_up(&self) {
+        loop {
+            let (n, next) = {
+                let mut state = self.state.lock();
+                if state.ready.len() >= self.max_open_free || state.free.is_empty() {
+                    state.topping_up = false;
+                    return;
+                }
+                let n = state.free.pop().expect("not empty");
+                state.next_id += 1;
+                (n, state.next_id - 1)
+            };
+            if self.name_ahead(&self.free_path(n), next).is_none() {
+                let _ = std::fs::remove_file(self.free_path(n));
+            }
+        }
+    }
+
+    /// On the recycler thread: a ready file overtaken by a newer id gets a new one.
+    fn rename_overtaken(&self, id: u64, file: File) {
+        drop(file);
+        let path = self.path_of(id);
+        let kept = match self.reserve() {
+            Some(next) => self.name_ahead(&path, next).is_some(),
+            None => self.keep_free(&path).is_some(),
+        };
+        if !kept {
+            let _ = std::fs::remove_file(&path);
+        }
     }
 }
 
@@ -228,20 +313,22 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Opens the staging directory `dir` (0700), adopting the free files a previous mount left.
-    /// `before_recycle` runs before each batch of discarded files is emptied, with the highest
-    /// mark they were discarded with; if it fails they are left alone (the next mount removes
-    /// them).
+    /// Opens the staging directory `dir` (0700), adopting the free files a previous mount left;
+    /// ids are given from `first_id` on (higher than any file in `dir`). `before_recycle` runs
+    /// before each batch of discarded files is emptied, with the highest mark they were
+    /// discarded with; if it fails they are left alone (the next mount removes them).
     pub fn open(
         dir: &Path,
+        first_id: u64,
         before_recycle: impl Fn(u64) -> std::io::Result<()> + Send + 'static,
     ) -> std::io::Result<Self> {
-        Self::open_capped(dir, max_open_free(), before_recycle)
+        Self::open_capped(dir, first_id, max_open_free(), before_recycle)
     }
 
-    /// [`Pool::open`] keeping at most `max_open_free` free files open.
+    /// [`Pool::open`] keeping at most `max_open_free` files named ahead.
     fn open_capped(
         dir: &Path,
+        first_id: u64,
         max_open_free: usize,
         before_recycle: impl Fn(u64) -> std::io::Result<()> + Send + 'static,
     ) -> std::io::Result<Self> {
@@ -260,7 +347,7 @@ impl Pool {
                 }
             }
         }
-        let (tx, rx) = mpsc::channel::<(u64, u64)>();
+        let (tx, rx) = mpsc::channel::<Job>();
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             max_open_free,
@@ -269,7 +356,10 @@ impl Pool {
                 discarded: HashMap::new(),
                 next_free: free.iter().copied().max().unwrap_or(0),
                 free,
-                open_free: Vec::new(),
+                ready: std::collections::VecDeque::new(),
+                next_id: first_id.max(1),
+                last_given: 0,
+                topping_up: false,
             }),
             settled: Condvar::new(),
             recycler: Mutex::new(tx),
@@ -280,63 +370,116 @@ impl Pool {
             .name("veilfs-staging".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
-                    std::thread::sleep(GATHER);
+                    if matches!(first, Job::Discarded { .. }) {
+                        std::thread::sleep(GATHER);
+                    }
                     let Some(shared) = weak.upgrade() else { break };
-                    let batch: Vec<(u64, u64)> =
-                        std::iter::once(first).chain(rx.try_iter()).collect();
-                    let mark = batch.iter().map(|&(_, mark)| mark).max().unwrap_or(0);
-                    let ready = before_recycle(mark);
-                    for (id, _) in batch {
-                        match &ready {
-                            Ok(()) => shared.recycle_now(id),
-                            Err(error) => {
-                                tracing::warn!(%error, "staging file left for the next mount");
-                                shared.state.lock().discarded.remove(&id);
-                                shared.settled.notify_all();
+                    let mut discarded = Vec::new();
+                    let mut top_up = false;
+                    for job in std::iter::once(first).chain(rx.try_iter()) {
+                        match job {
+                            Job::Discarded { id, mark } => discarded.push((id, mark)),
+                            Job::TopUp => top_up = true,
+                            Job::Rename(id, file) => shared.rename_overtaken(id, file),
+                        }
+                    }
+                    if !discarded.is_empty() {
+                        let mark = discarded.iter().map(|&(_, mark)| mark).max().unwrap_or(0);
+                        let ready = before_recycle(mark);
+                        for (id, _) in discarded {
+                            match &ready {
+                                Ok(()) => shared.recycle_now(id),
+                                Err(error) => {
+                                    tracing::warn!(%error, "staging file left for the next mount");
+                                    shared.state.lock().discarded.remove(&id);
+                                    shared.settled.notify_all();
+                                }
                             }
                         }
                     }
+                    if top_up {
+                        shared.top_up();
+                    }
                 }
             })?;
-        Ok(Pool { shared })
+        let pool = Pool { shared };
+        pool.top_up_soon();
+        Ok(pool)
+    }
+
+    /// Asks the recycler to name free files ahead when few ready ones are left.
+    fn top_up_soon(&self) {
+        let mut state = self.shared.state.lock();
+        let low = state.ready.len() <= self.shared.max_open_free / 2;
+        if low && !state.free.is_empty() && !state.topping_up {
+            state.topping_up = true;
+            drop(state);
+            let _ = self.shared.send(Job::TopUp);
+        }
     }
 
     pub fn path_of(&self, id: u64) -> PathBuf {
         self.shared.path_of(id)
     }
 
-    /// A new, empty staging file `id` (0600): a free one renamed, or a new one.
-    pub fn create(&self, id: u64) -> std::io::Result<Staged> {
-        let hold = self.hold_new(id);
-        let path = self.path_of(id);
-        let taken = {
-            let mut state = self.shared.state.lock();
-            match state.open_free.pop() {
-                Some((n, file)) => Some((n, Some(file))),
-                None => state.free.pop().map(|n| (n, None)),
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// A new, empty staging file (0600) with a new id, higher than any given before: one named
+    /// ahead, else a free one renamed, else a new one.
+    pub fn create(&self) -> std::io::Result<Staged> {
+        let mut state = self.shared.state.lock();
+        let mut overtaken = Vec::new();
+        let mut ready = None;
+        while let Some((id, file)) = state.ready.pop_front() {
+            if id > state.last_given {
+                ready = Some((id, file));
+                break;
+            }
+            overtaken.push((id, file));
+        }
+        let (id, ready) = match ready {
+            Some((id, file)) => (id, Some(file)),
+            None => {
+                state.next_id += 1;
+                (state.next_id - 1, None)
             }
         };
-        if let Some((n, open)) = taken {
-            let free = self.shared.free_path(n);
-            if std::fs::rename(&free, &path).is_ok() {
-                // An open one was emptied by the recycler and nobody has written it since.
-                let file = match open {
-                    Some(file) => file,
-                    None => {
-                        let file = OpenOptions::new().read(true).write(true).open(&path)?;
-                        if file.metadata()?.len() > 0 {
-                            file.set_len(0)?;
-                        }
-                        file
-                    }
-                };
-                return Ok(Staged {
-                    file,
-                    hold,
-                    reused: true,
-                    direct: OnceLock::new(),
-                });
+        state.last_given = id;
+        let hold = self.claim(&mut state, id);
+        let free = if ready.is_none() {
+            state.free.pop()
+        } else {
+            None
+        };
+        drop(state);
+        for (id, file) in overtaken {
+            let _ = self.shared.send(Job::Rename(id, file));
+        }
+        self.top_up_soon();
+        if let Some(file) = ready {
+            return Ok(Staged {
+                file,
+                hold,
+                reused: true,
+                direct: OnceLock::new(),
+            });
+        }
+        let path = self.path_of(id);
+        if let Some(n) = free
+            && std::fs::rename(self.shared.free_path(n), &path).is_ok()
+        {
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            if file.metadata()?.len() > 0 {
+                file.set_len(0)?;
             }
+            return Ok(Staged {
+                file,
+                hold,
+                reused: true,
+                direct: OnceLock::new(),
+            });
         }
         let file = OpenOptions::new()
             .read(true)
@@ -386,11 +529,6 @@ impl Pool {
         Ok(self.claim(&mut state, id))
     }
 
-    /// A hold on a new id (never discarded).
-    fn hold_new(&self, id: u64) -> Hold {
-        self.claim(&mut self.shared.state.lock(), id)
-    }
-
     fn claim(&self, state: &mut State, id: u64) -> Hold {
         *state.holds.entry(id).or_default() += 1;
         Hold {
@@ -430,13 +568,28 @@ impl Pool {
     #[cfg(test)]
     pub fn free_count(&self) -> usize {
         let state = self.shared.state.lock();
-        state.free.len() + state.open_free.len()
+        state.free.len() + state.ready.len()
     }
 
-    /// Empty files waiting for reuse with their descriptor.
+    /// Empty files named ahead, with their descriptor.
     #[cfg(test)]
-    fn open_free_count(&self) -> usize {
-        self.shared.state.lock().open_free.len()
+    fn ready_count(&self) -> usize {
+        self.shared.state.lock().ready.len()
+    }
+}
+
+impl Drop for Pool {
+    /// Files named ahead go back under `free/`: the next mount would take them for the
+    /// leftovers of writes never acknowledged, and delete them.
+    fn drop(&mut self) {
+        let ready = std::mem::take(&mut self.shared.state.lock().ready);
+        for (id, file) in ready {
+            drop(file);
+            let path = self.shared.path_of(id);
+            if self.shared.keep_free(&path).is_none() {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
     }
 }
 
@@ -445,19 +598,36 @@ mod tests {
     use super::*;
     use std::os::unix::fs::{FileExt, MetadataExt};
 
+    fn open(dir: &Path) -> Pool {
+        Pool::open(dir, 1, |_| Ok(())).unwrap()
+    }
+
+    impl Pool {
+        /// Waits until the recycler has named free files ahead as asked.
+        fn topped_up(&self) {
+            while self.shared.state.lock().topping_up {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
     #[test]
-    fn a_discarded_file_is_emptied_and_reused_for_the_next_one() {
+    fn a_discarded_file_is_emptied_and_named_ahead_for_the_next_one() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = Pool::open(dir.path(), |_| Ok(())).unwrap();
-        let a = pool.create(1).unwrap();
+        let pool = open(dir.path());
+        let a = pool.create().unwrap();
+        assert_eq!(a.id(), 1);
         a.write_all_at(b"secret", 0).unwrap();
         let inode = a.metadata().unwrap().ino();
         drop(a);
         pool.discard(1, 0);
         pool.settle();
         assert!(!pool.path_of(1).exists());
-        assert_eq!(pool.free_count(), 1);
-        let b = pool.create(2).unwrap();
+        // Already under the name of the next staging file, and empty.
+        assert_eq!(pool.ready_count(), 1);
+        assert_eq!(std::fs::metadata(pool.path_of(2)).unwrap().len(), 0);
+        let b = pool.create().unwrap();
+        assert_eq!(b.id(), 2);
         assert_eq!(b.metadata().unwrap().ino(), inode, "the same inode, reused");
         assert_eq!(b.metadata().unwrap().len(), 0, "emptied before reuse");
         assert_eq!(pool.free_count(), 0);
@@ -466,28 +636,30 @@ mod tests {
     #[test]
     fn a_held_file_is_not_reused_until_its_last_hold_goes() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = Pool::open(dir.path(), |_| Ok(())).unwrap();
-        let writer = pool.create(1).unwrap();
+        let pool = open(dir.path());
+        let writer = pool.create().unwrap();
+        let id = writer.id();
         writer.write_all_at(b"version one", 0).unwrap();
-        let upload = pool.hold(1).unwrap();
-        let reader = pool.reopen(1).unwrap();
+        let upload = pool.hold(id).unwrap();
+        let reader = pool.reopen(id).unwrap();
         drop(writer);
-        pool.discard(1, 0);
+        pool.discard(id, 0);
         // Discarded: nobody new may hold it, but the holders keep reading it intact.
-        assert!(pool.hold(1).is_err());
-        assert!(pool.reopen(1).is_err());
+        assert!(pool.hold(id).is_err());
+        assert!(pool.reopen(id).is_err());
         pool.settle();
-        let other = pool.create(2).unwrap();
+        let other = pool.create().unwrap();
+        assert!(other.id() > id);
         other.write_all_at(b"another file", 0).unwrap();
         let mut buf = [0u8; 11];
         reader.read_exact_at(&mut buf, 0).unwrap();
         assert_eq!(&buf, b"version one");
-        assert!(pool.path_of(1).exists());
+        assert!(pool.path_of(id).exists());
         drop(reader);
-        assert!(pool.path_of(1).exists(), "the upload still holds it");
+        assert!(pool.path_of(id).exists(), "the upload still holds it");
         drop(upload);
         pool.settle();
-        assert!(!pool.path_of(1).exists());
+        assert!(!pool.path_of(id).exists());
         assert_eq!(pool.free_count(), 1);
     }
 
@@ -496,13 +668,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let calls = Arc::new(Mutex::new(Vec::new()));
         let seen = calls.clone();
-        let pool = Pool::open(dir.path(), move |mark| {
+        let pool = Pool::open(dir.path(), 1, move |mark| {
             seen.lock().push(mark);
             Ok(())
         })
         .unwrap();
         for id in [1, 2] {
-            drop(pool.create(id).unwrap());
+            assert_eq!(pool.create().unwrap().id(), id);
         }
         let held = pool.hold(2).unwrap();
         pool.discard(1, 5);
@@ -520,8 +692,8 @@ mod tests {
     #[test]
     fn a_failing_hook_leaves_the_files_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = Pool::open(dir.path(), |_| Err(std::io::Error::other("disk gone"))).unwrap();
-        drop(pool.create(1).unwrap());
+        let pool = Pool::open(dir.path(), 1, |_| Err(std::io::Error::other("disk gone"))).unwrap();
+        drop(pool.create().unwrap());
         pool.discard(1, 1);
         pool.settle();
         assert!(pool.path_of(1).exists(), "kept for the next mount");
@@ -529,12 +701,13 @@ mod tests {
     }
 
     #[test]
-    fn free_files_stay_open_up_to_the_cap_and_each_is_taken_empty() {
+    fn files_are_named_ahead_up_to_the_cap_and_the_others_wait_under_free() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = Pool::open_capped(dir.path(), 2, |_| Ok(())).unwrap();
+        let pool = Pool::open_capped(dir.path(), 1, 2, |_| Ok(())).unwrap();
         let mut inodes = Vec::new();
         for id in 1..=3 {
-            let f = pool.create(id).unwrap();
+            let f = pool.create().unwrap();
+            assert_eq!(f.id(), id);
             f.write_all_at(b"old content", 0).unwrap();
             inodes.push(f.metadata().unwrap().ino());
         }
@@ -542,47 +715,99 @@ mod tests {
             pool.discard(id, 0);
         }
         pool.settle();
-        assert_eq!((pool.free_count(), pool.open_free_count()), (3, 2));
+        assert_eq!((pool.free_count(), pool.ready_count()), (3, 2));
         let mut reused = Vec::new();
-        for (id, open_left) in [(4, 1), (5, 0), (6, 0)] {
-            let f = pool.create(id).unwrap();
-            // The open ones first: the recycler refills them, the others wait.
-            assert_eq!(pool.open_free_count(), open_left);
+        for id in [4, 5, 6] {
+            let f = pool.create().unwrap();
+            assert_eq!(f.id(), id, "in order");
             assert_eq!(f.metadata().unwrap().len(), 0, "file {id} taken empty");
-            // Written through the descriptor taken, read through its new name.
+            // Written through the descriptor taken, read through its name.
             f.write_all_at(format!("new {id}").as_bytes(), 0).unwrap();
             assert_eq!(
                 std::fs::read(pool.path_of(id)).unwrap(),
                 format!("new {id}").as_bytes()
             );
             reused.push(f.metadata().unwrap().ino());
+            // Taking the ready ones had the recycler name the waiting one ahead.
+            pool.topped_up();
         }
-        assert_eq!((pool.free_count(), pool.open_free_count()), (0, 0));
+        assert_eq!(pool.free_count(), 0);
         reused.sort_unstable();
         inodes.sort_unstable();
         assert_eq!(reused, inodes, "the three inodes, reused");
     }
 
     #[test]
-    fn free_files_survive_a_remount_and_a_torn_recycle_is_emptied_when_taken() {
+    fn a_file_named_ahead_that_a_new_id_overtook_is_named_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = open(dir.path());
+        // The recycler reserved id 1 and a `create` finding nothing ready took id 2 before the
+        // file named 1 was ready.
+        let late = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(pool.path_of(1))
+            .unwrap();
+        {
+            let mut state = pool.shared.state.lock();
+            state.next_id = 3;
+            state.last_given = 2;
+            state.ready.push_back((1, late));
+        }
+        let next = pool.create().unwrap();
+        assert_eq!(next.id(), 3, "never an id older than one given");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while pool.path_of(1).exists() || pool.ready_count() == 0 {
+            assert!(std::time::Instant::now() < deadline, "not named again");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let again = pool.create().unwrap();
+        assert_eq!(again.id(), 4);
+        assert!(pool.path_of(4).exists());
+    }
+
+    #[test]
+    fn free_files_survive_a_remount_and_a_torn_recycle_is_emptied_when_named_ahead() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let pool = Pool::open(dir.path(), |_| Ok(())).unwrap();
-            drop(pool.create(1).unwrap());
+            let pool = Pool::open_capped(dir.path(), 1, 0, |_| Ok(())).unwrap();
+            drop(pool.create().unwrap());
             pool.discard(1, 0);
             pool.settle();
+            assert_eq!(
+                pool.free_count(),
+                1,
+                "no room to name it ahead: under free/"
+            );
         }
+        {
+            // One named ahead when the pool closes goes back under free/ (it is the same
+            // file: named ahead at open as 5, taken, discarded, named ahead as 6).
+            let pool = Pool::open_capped(dir.path(), 5, 4, |_| Ok(())).unwrap();
+            pool.topped_up();
+            let f = pool.create().unwrap();
+            assert_eq!(f.id(), 5);
+            drop(f);
+            pool.discard(5, 0);
+            pool.settle();
+            assert_eq!(pool.ready_count(), 1);
+            assert!(pool.path_of(6).exists());
+        }
+        assert!(!dir.path().join("6").exists());
         // A crash after the rename into free/, before the truncation.
         std::fs::write(dir.path().join("free").join("77"), b"left over").unwrap();
-        let pool = Pool::open(dir.path(), |_| Ok(())).unwrap();
-        assert_eq!(pool.free_count(), 2);
-        for id in [5, 6] {
-            let f = pool.create(id).unwrap();
+        let pool = Pool::open(dir.path(), 10, |_| Ok(())).unwrap();
+        pool.topped_up();
+        assert_eq!(pool.ready_count(), 2, "both named ahead at open");
+        for id in [10, 11] {
+            let f = pool.create().unwrap();
+            assert_eq!(f.id(), id);
             assert_eq!(f.metadata().unwrap().len(), 0);
         }
         assert_eq!(pool.free_count(), 0);
-        let fresh = pool.create(7).unwrap();
-        assert_eq!(fresh.id(), 7);
-        assert!(pool.path_of(7).exists());
+        let fresh = pool.create().unwrap();
+        assert_eq!(fresh.id(), 12);
+        assert!(pool.path_of(12).exists());
     }
 }
