@@ -125,9 +125,14 @@ impl<R: Remote> Vfs<R> {
             Some(local) => local.queued.clone(),
             None => return Ok(()),
         };
+        let parent = node.parent.map_or(0, |p| p.as_u64());
         for id in queued {
-            if let Some(mut e) = self.wb.get(id)? {
-                e.parent = node.parent.map_or(0, |p| p.as_u64());
+            // Only a change is written: after `utimensat`, whose new time the entries already
+            // have (`set_local_mtime`), this wrote each entry again unchanged.
+            if let Some(mut e) = self.wb.get(id)?
+                && (e.parent, &e.name, e.mode) != (parent, &node.name, node.mode)
+            {
+                e.parent = parent;
                 e.name = node.name.clone();
                 e.mode = node.mode;
                 self.wb.update(&e)?;
