@@ -608,6 +608,19 @@ fn a_local_folder_that_reaches_the_server_keeps_its_inode_and_children_and_its_o
             names(&tree, folder_ino),
             ["new.txt", "committed.txt", "late"]
         );
+        // So does the folder itself read under the old handle (a `chmod` of it racing with
+        // its creation): no second "made here" appears.
+        tree.apply_changes(
+            [Change::Upsert(Node {
+                mode: Some(0o750),
+                ..at(local, ROOT, NodeKind::Folder, "made here")
+            })],
+            None,
+        )
+        .unwrap();
+        assert_eq!(names(&tree, 1), ["twin", "made here"]);
+        assert_eq!(tree.node(folder_ino).unwrap().mode, Some(0o750));
+        assert_eq!(tree.node(folder_ino).unwrap().handle, Handle::from_u64(20));
         assert_eq!(
             tree.node(ino(&tree, 10)).unwrap().parent,
             Some(Handle::from_u64(20))

@@ -532,11 +532,20 @@ impl Tree {
             ..Batch::default()
         };
         for change in changes {
+            // A change naming a folder made here by the handle it had before it reached the
+            // server (read before, applied after: a folder's `chmod` racing with its creation)
+            // is about the folder it became. Applied to the old handle, it made a second
+            // folder of the same name appear, empty, as "name (2)".
             match change {
-                Change::Upsert(node) => self.upsert(node, &mut b),
-                Change::Move { handle, parent } => self.move_node(handle, parent, &mut b),
-                Change::Delete(handle) => self.delete(handle, &mut b),
-                Change::Replace { old, node } => self.replace(old, node, &mut b),
+                Change::Upsert(mut node) => {
+                    node.handle = self.canonical(node.handle);
+                    self.upsert(node, &mut b)
+                }
+                Change::Move { handle, parent } => {
+                    self.move_node(self.canonical(handle), parent, &mut b)
+                }
+                Change::Delete(handle) => self.delete(self.canonical(handle), &mut b),
+                Change::Replace { old, node } => self.replace(self.canonical(old), node, &mut b),
             }
         }
         self.finish(b, seq)
