@@ -613,14 +613,20 @@ fn a_local_folder_that_reaches_the_server_keeps_its_inode_and_children_and_its_o
         tree.apply_changes(
             [Change::Upsert(Node {
                 mode: Some(0o750),
+                // A folder made here has no key until the server creates it.
+                key: Vec::new(),
                 ..at(local, ROOT, NodeKind::Folder, "made here")
             })],
             None,
         )
         .unwrap();
         assert_eq!(names(&tree, 1), ["twin", "made here"]);
-        assert_eq!(tree.node(folder_ino).unwrap().mode, Some(0o750));
-        assert_eq!(tree.node(folder_ino).unwrap().handle, Handle::from_u64(20));
+        let now = tree.node(folder_ino).unwrap();
+        assert_eq!(now.mode, Some(0o750));
+        assert_eq!(now.handle, Handle::from_u64(20));
+        // The server's key stays: the local node had none.
+        assert_eq!(now.key, folder(20, 1, "made here").key);
+        assert!(!now.key.is_empty());
         assert_eq!(
             tree.node(ino(&tree, 10)).unwrap().parent,
             Some(Handle::from_u64(20))

@@ -537,10 +537,10 @@ impl Tree {
             // is about the folder it became. Applied to the old handle, it made a second
             // folder of the same name appear, empty, as "name (2)".
             match change {
-                Change::Upsert(mut node) => {
-                    node.handle = self.canonical(node.handle);
-                    self.upsert(node, &mut b)
+                Change::Upsert(node) if self.aliases.contains_key(&node.handle) => {
+                    self.upsert_stale_local(node, &mut b)
                 }
+                Change::Upsert(node) => self.upsert(node, &mut b),
                 Change::Move { handle, parent } => {
                     self.move_node(self.canonical(handle), parent, &mut b)
                 }
@@ -776,6 +776,23 @@ impl Tree {
 
     /// The handle a node is known by now (a local folder's, once on the server, is the
     /// server's).
+    /// An upsert of a folder made here, under its local handle, after it reached the server:
+    /// its mode and time are news (a `chmod` read the folder before its creation and applied
+    /// after), the rest is the local node's outdated view — no key, and maybe an old name —
+    /// and must not overwrite the server's.
+    fn upsert_stale_local(&mut self, node: Node, b: &mut Batch) {
+        let handle = self.canonical(node.handle);
+        let Some(current) = self.by_handle.get(&handle).and_then(|&ino| self.node(ino)) else {
+            return;
+        };
+        let node = Node {
+            mode: node.mode,
+            mtime_ns: node.mtime_ns,
+            ..current
+        };
+        self.upsert(node, b);
+    }
+
     fn canonical(&self, handle: Handle) -> Handle {
         match self.aliases.get(&handle) {
             Some(&h) => h,
