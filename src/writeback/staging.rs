@@ -210,35 +210,43 @@ impl Shared {
     /// On the recycler thread: empties discarded file `id` and names it ahead, or keeps it
     /// under `free/` when enough are named, or deletes it when enough are kept.
     fn recycle_now(&self, id: u64) {
-        let path = self.path_of(id);
-        let kept = match self.reserve() {
-            Some(next) => self.name_ahead(&path, next).is_some(),
-            None => self.keep_free(&path).is_some(),
-        };
-        if !kept {
-            let _ = std::fs::remove_file(&path);
-        }
+        self.reuse(&self.path_of(id));
         self.state.lock().discarded.remove(&id);
         self.settled.notify_all();
     }
 
-    /// Renames the file at `from` to `<next>`, empties it and adds it to the ready ones.
+    /// Keeps the file at `path` for the next `create`s: named ahead while there is room for
+    /// more, else under `free/`, else deleted.
+    fn reuse(&self, path: &Path) {
+        let kept = match self.reserve() {
+            Some(next) => self.name_ahead(path, next).is_some(),
+            None => self.keep_free(path).is_some(),
+        };
+        if !kept {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Renames the file at `from` to `<next>`, empties it and adds it to the ready ones. On
+    /// failure nothing is left under either name.
     fn name_ahead(&self, from: &Path, next: u64) -> Option<()> {
         let path = self.path_of(next);
         std::fs::rename(from, &path).ok()?;
-        let emptied = OpenOptions::new().write(true).open(&path).ok()?;
-        if emptied.metadata().ok()?.len() > 0 {
-            emptied.set_len(0).ok()?;
-        }
-        // The descriptor kept is not the one that truncated: ext4 writes out a file
-        // truncated to zero when a descriptor open across the truncation closes
-        // (`auto_da_alloc`). Kept open, that would be at the small file's `release`, its
-        // content sent to the disk there; closed here, there is nothing to write.
-        let Ok(file) = OpenOptions::new().read(true).write(true).open(&path) else {
+        let ready = (|| {
+            let emptied = OpenOptions::new().write(true).open(&path).ok()?;
+            if emptied.metadata().ok()?.len() > 0 {
+                emptied.set_len(0).ok()?;
+            }
+            // The descriptor kept is not the one that truncated: ext4 writes out a file
+            // truncated to zero when a descriptor open across the truncation closes
+            // (`auto_da_alloc`). Kept open, that would be at the small file's `release`, its
+            // content sent to the disk there; closed here, there is nothing to write.
+            OpenOptions::new().read(true).write(true).open(&path).ok()
+        })();
+        let Some(file) = ready else {
             let _ = std::fs::remove_file(&path);
             return None;
         };
-        drop(emptied);
         // Only this thread reserves ids, in order: pushed in order too.
         self.state.lock().ready.push_back((next, file));
         Some(())
@@ -288,14 +296,7 @@ impl Shared {
     /// On the recycler thread: a ready file overtaken by a newer id gets a new one.
     fn rename_overtaken(&self, id: u64, file: File) {
         drop(file);
-        let path = self.path_of(id);
-        let kept = match self.reserve() {
-            Some(next) => self.name_ahead(&path, next).is_some(),
-            None => self.keep_free(&path).is_some(),
-        };
-        if !kept {
-            let _ = std::fs::remove_file(&path);
-        }
+        self.reuse(&self.path_of(id));
     }
 }
 
