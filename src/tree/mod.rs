@@ -774,8 +774,6 @@ impl Tree {
             .unwrap_or_default()
     }
 
-    /// The handle a node is known by now (a local folder's, once on the server, is the
-    /// server's).
     /// An upsert of a folder made here, under its local handle, after it reached the server:
     /// its mode and time are news (a `chmod` read the folder before its creation and applied
     /// after), the rest is the local node's outdated view — no key, and maybe an old name —
@@ -793,6 +791,8 @@ impl Tree {
         self.upsert(node, b);
     }
 
+    /// The handle a node is known by now (a local folder's, once on the server, is the
+    /// server's).
     fn canonical(&self, handle: Handle) -> Handle {
         match self.aliases.get(&handle) {
             Some(&h) => h,

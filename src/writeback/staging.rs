@@ -35,9 +35,9 @@
 //! take the room that open handles need); the others wait under `free/`, without one, and are
 //! named ahead as the ready ones are taken.
 //!
-//! On disk: `staging/<id>` for files in use and ready ones (a ready file has no journal entry,
-//! so the next mount removes it with the other leftovers), `staging/free/<n>` for empty ones
-//! waiting. A crash between the rename into `free/` and the truncation leaves a non-empty free
+//! On disk: `staging/<id>` for files in use and ready ones, `staging/free/<n>` for empty ones
+//! waiting. Ready files go back under `free/` when the pool closes; after a crash they have no
+//! journal entry, and the next mount removes them with the other leftovers. A crash between the rename into `free/` and the truncation leaves a non-empty free
 //! file; it is truncated when named ahead.
 
 use std::collections::HashMap;
@@ -154,6 +154,23 @@ struct State {
     topping_up: bool,
 }
 
+impl State {
+    /// The next id, given out or reserved.
+    fn take_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id - 1
+    }
+
+    /// Whether to ask the recycler to name free files ahead (few ready ones left, and none
+    /// asked yet); marks it asked.
+    fn wants_top_up(&mut self, max_ready: usize) -> bool {
+        let low = self.ready.len() <= max_ready / 2;
+        let wanted = low && !self.free.is_empty() && !self.topping_up;
+        self.topping_up |= wanted;
+        wanted
+    }
+}
+
 /// What the recycler thread is asked to do.
 enum Job {
     /// Recycle a discarded file once the journal is on the disk up to the mark.
@@ -201,10 +218,7 @@ impl Shared {
     /// Reserves the next id for a file named ahead, if there is room for one more.
     fn reserve(&self) -> Option<u64> {
         let mut state = self.state.lock();
-        (state.ready.len() < self.max_open_free).then(|| {
-            state.next_id += 1;
-            state.next_id - 1
-        })
+        (state.ready.len() < self.max_open_free).then(|| state.take_id())
     }
 
     /// On the recycler thread: empties discarded file `id` and names it ahead, or keeps it
@@ -284,8 +298,7 @@ impl Shared {
                     return;
                 }
                 let n = state.free.pop().expect("not empty");
-                state.next_id += 1;
-                (n, state.next_id - 1)
+                (n, state.take_id())
             };
             if self.name_ahead(&self.free_path(n), next).is_none() {
                 let _ = std::fs::remove_file(self.free_path(n));
@@ -403,20 +416,11 @@ impl Pool {
                     }
                 }
             })?;
-        let pool = Pool { shared };
-        pool.top_up_soon();
-        Ok(pool)
-    }
-
-    /// Asks the recycler to name free files ahead when few ready ones are left.
-    fn top_up_soon(&self) {
-        let mut state = self.shared.state.lock();
-        let low = state.ready.len() <= self.shared.max_open_free / 2;
-        if low && !state.free.is_empty() && !state.topping_up {
-            state.topping_up = true;
-            drop(state);
-            let _ = self.shared.send(Job::TopUp);
+        let top_up = shared.state.lock().wants_top_up(shared.max_open_free);
+        if top_up {
+            let _ = shared.send(Job::TopUp);
         }
+        Ok(Pool { shared })
     }
 
     pub fn path_of(&self, id: u64) -> PathBuf {
@@ -442,10 +446,7 @@ impl Pool {
         }
         let (id, ready) = match ready {
             Some((id, file)) => (id, Some(file)),
-            None => {
-                state.next_id += 1;
-                (state.next_id - 1, None)
-            }
+            None => (state.take_id(), None),
         };
         state.last_given = id;
         let hold = self.claim(&mut state, id);
@@ -454,11 +455,14 @@ impl Pool {
         } else {
             None
         };
+        let top_up = state.wants_top_up(self.shared.max_open_free);
         drop(state);
         for (id, file) in overtaken {
             let _ = self.shared.send(Job::Rename(id, file));
         }
-        self.top_up_soon();
+        if top_up {
+            let _ = self.shared.send(Job::TopUp);
+        }
         if let Some(file) = ready {
             return Ok(Staged {
                 file,
