@@ -32,6 +32,23 @@ fn mega_benches(c: &mut Criterion) {
     group.bench_function("encrypt_file_ctr_and_mac_64MiB", |b| {
         b.iter(|| mega::encrypt_file(&fk, black_box(&mut data)))
     });
+    // What an upload MACs at a time: one piece of a big file (a few chunks), or a whole small
+    // file (one chunk): far fewer chunks than a wide AES backend has lanes.
+    group.bench_function("chunk_macs_in_8MiB_pieces_64MiB", |b| {
+        b.iter(|| {
+            for piece in data.chunks(8 * 1024 * 1024) {
+                let chunks: Vec<&[u8]> = piece.chunks(1024 * 1024).collect();
+                black_box(mega::chunk_macs(&fk, black_box(&chunks)));
+            }
+        })
+    });
+    group.bench_function("chunk_mac_of_16KiB_files_64MiB", |b| {
+        b.iter(|| {
+            for file in data.chunks(16 * 1024) {
+                black_box(mega::chunk_macs(&fk, black_box(&[file])));
+            }
+        })
+    });
     group.finish();
 }
 
