@@ -15,6 +15,10 @@
 #   VEILFS_BIN=PATH                                the veilfs binary to measure (default: the
 #                                                  release build of this tree, built first); to
 #                                                  compare two builds, alternate runs of each
+#   BENCH_REPEAT=N                                 every workload N times, the file systems in
+#                                                  turn each round, and the median reported with
+#                                                  each run's figure (single runs on a shared VM
+#                                                  swing by a third)
 #
 # Runs as root (mounts, dropping the page cache); installs gocryptfs, rclone and rsync when
 # missing. Prints a Markdown table: the time of each workload on each file system and the
@@ -31,6 +35,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 SCALE="${BENCH_SCALE:-1}"
+REPEAT="${BENCH_REPEAT:-1}"
+ROUND=1
 TARGET="${CARGO_TARGET_DIR:-target}"
 scaled() { awk -v n="$1" -v s="$SCALE" 'BEGIN { v = int(n * s); print (v < 1 ? 1 : v) }'; }
 BIG_MIB="$(scaled 1024)"
@@ -261,19 +267,20 @@ run_fs() {
     sync
     log "$fs: sequential write of ${BIG_MIB} MiB until durable"
     t="$(now)"
-    dd if=/dev/shm/veilfs-bench-big of="$mnt/big" bs=1M conv=fsync status=none
+    local big="$mnt/big$ROUND"
+    dd if=/dev/shm/veilfs-bench-big of="$big" bs=1M conv=fsync status=none
     "${fs}_durable" "$mnt"
     record "write ${BIG_MIB} MiB until durable" "$fs" "$(since "$t")"
 
     "${fs}_cold" "$mnt"
     t="$(now)"
-    dd if="$mnt/big" of=/dev/null bs=1M status=none
+    dd if="$big" of=/dev/null bs=1M status=none
     record "cold sequential read" "$fs" "$(since "$t")"
     t="$(now)"
-    dd if="$mnt/big" of=/dev/null bs=1M status=none
+    dd if="$big" of=/dev/null bs=1M status=none
     record "warm sequential read" "$fs" "$(since "$t")"
-    record "random 4 KiB reads ×$RANDOM_READS (warm)" "$fs" "$(random_reads "$mnt/big")"
-    cmp -s /dev/shm/veilfs-bench-big "$mnt/big" || { echo "$fs: the big file differs" >&2; exit 1; }
+    record "random 4 KiB reads ×$RANDOM_READS (warm)" "$fs" "$(random_reads "$big")"
+    cmp -s /dev/shm/veilfs-bench-big "$big" || { echo "$fs: the big file differs" >&2; exit 1; }
     fi
 
     if want small; then
@@ -282,7 +289,7 @@ run_fs() {
     sync
     log "$fs: $SMALL_FILES small files"
     t="$(now)"
-    small_files "$mnt/small"
+    small_files "$mnt/small$ROUND"
     record "$SMALL_FILES × 1 KiB files created" "$fs" "$(since "$t")"
     "${fs}_durable" "$mnt"
     record "$SMALL_FILES × 1 KiB files until durable" "$fs" "$(since "$t")"
@@ -292,17 +299,25 @@ run_fs() {
     sync
     log "$fs: rsync -a of $RSYNC_FILES files"
     t="$(now)"
-    rsync -a "$WORK/rsync-src/" "$mnt/tree/"
+    rsync -a "$WORK/rsync-src/" "$mnt/tree$ROUND/"
     record "rsync -a, $RSYNC_FILES files" "$fs" "$(since "$t")"
     t="$(now)"
-    rsync -a "$WORK/rsync-src/" "$mnt/tree/"
+    rsync -a "$WORK/rsync-src/" "$mnt/tree$ROUND/"
     record "rsync -a no-op second pass" "$fs" "$(since "$t")"
     "${fs}_durable" "$mnt"
-    diff -r "$WORK/rsync-src" "$mnt/tree" >/dev/null || { echo "$fs: the rsync copy differs" >&2; exit 1; }
+    diff -r "$WORK/rsync-src" "$mnt/tree$ROUND" >/dev/null || { echo "$fs: the rsync copy differs" >&2; exit 1; }
     fi
 
+    # The listing tree is made once; later rounds list it again.
     if ! want ls; then
         "${fs}_stop" "$mnt"
+        return
+    fi
+    if [ "$ROUND" -gt 1 ]; then
+        "${fs}_stop" "$mnt"
+        drop_caches
+        "${fs}_start" "$mnt"
+        list_fresh "$fs" "$mnt"
         return
     fi
     log "$fs: ls -lR of $LS_NODES nodes"
@@ -321,8 +336,13 @@ run_fs() {
     "${fs}_stop" "$mnt"
     drop_caches
     "${fs}_start" "$mnt"
+    list_fresh "$fs" "$mnt"
+}
+
+# list_fresh FS MNT: times `ls -lR` of the listing tree on a fresh mount, then unmounts.
+list_fresh() {
+    local fs="$1" mnt="$2" t n
     t="$(now)"
-    local n
     n="$(ls -lR "$mnt/ls" | grep -c '^[-d]')"
     record "ls -lR, $LS_NODES nodes (fresh mount)" "$fs" "$(since "$t")"
     [ "$n" -ge $((LS_NODES - 1)) ] || { echo "$fs: ls -lR saw $n entries of $LS_NODES" >&2; exit 1; }
@@ -330,12 +350,15 @@ run_fs() {
 }
 
 PEAK_RSS_KB_ALL=0
-if measure veilfs; then
-    run_fs veilfs
-    PEAK_RSS_KB_ALL="$PEAK_RSS_KB"
-fi
-for fs in filen gocryptfs rclone; do
-    measure "$fs" && run_fs "$fs"
+for ROUND in $(seq "$REPEAT"); do
+    [ "$REPEAT" -gt 1 ] && log "round $ROUND of $REPEAT"
+    if measure veilfs; then
+        run_fs veilfs
+        PEAK_RSS_KB_ALL="$PEAK_RSS_KB"
+    fi
+    for fs in filen gocryptfs rclone; do
+        measure "$fs" && run_fs "$fs"
+    done
 done
 
 # ---------------------------------------------------------------------------------------------
@@ -373,8 +396,15 @@ fi
 echo
 echo "veilfs $("$BIN" --version | awk '{print $2}'), gocryptfs $(gocryptfs -version | awk 'NR==1 {print $2}' | tr -d ';'), rclone $(rclone version | awk 'NR==1 {print $2}'); $(nproc) cores; scale $SCALE"
 echo
+# With BENCH_REPEAT, each cell is the median of the rounds (the lower middle one of an even
+# count) and a second table lists every round's figure.
+MEDIANS="$WORK/medians"
+sort -t$'\t' -k1,1 -k2,2 -k3,3g "$RESULTS" | awk -F'\t' '
+{ k = $1 SUBSEP $2; v[k, ++c[k]] = $3; if (!(k in first)) { first[k] = 1; keys[++n] = k } }
+END { for (i = 1; i <= n; i++) { k = keys[i]; split(k, p, SUBSEP); printf "%s\t%s\t%s\n", p[1], p[2], v[k, int((c[k] + 1) / 2)] } }' >"$MEDIANS"
 awk -F'\t' '
-{ order[$1] = order[$1] ? order[$1] : ++n; name[order[$1]] = $1; t[$1, $2] = $3 }
+NR == FNR { t[$1, $2] = $3; next }
+{ if (!($1 in order)) { order[$1] = ++n; name[n] = $1 } }
 function cell(x) { return x == "" ? "—" : sprintf("%.3f s", x) }
 function ratio(a, b) { return (a == "" || b == "" || a == 0) ? "—" : sprintf("%.2f×", b / a) }
 END {
@@ -384,10 +414,24 @@ END {
         w = name[i]; v = t[w, "veilfs"]; g = t[w, "gocryptfs"]; r = t[w, "rclone"]; f = t[w, "filen"]
         printf "| %s | %s | %s | %s | %s | %s | %s |\n", w, cell(v), cell(g), cell(r), ratio(v, g), ratio(v, r), cell(f)
     }
-}' "$RESULTS"
+}' "$MEDIANS" "$RESULTS"
+if [ "$REPEAT" -gt 1 ]; then
+    echo
+    echo "Medians of $REPEAT rounds; every round, in order:"
+    echo
+    awk -F'\t' '
+    { if (!($1 in order)) { order[$1] = ++n; name[n] = $1 }
+      if (!($2 in seen)) { seen[$2] = 1; fss[++m] = $2 }
+      runs[$1, $2] = runs[$1, $2] (runs[$1, $2] == "" ? "" : ", ") sprintf("%.3f", $3) }
+    END {
+        for (i = 1; i <= n; i++)
+            for (j = 1; j <= m; j++)
+                if ((name[i], fss[j]) in runs) printf "- %s, %s: %s s\n", name[i], fss[j], runs[name[i], fss[j]]
+    }' "$RESULTS"
+fi
 mbps() { awk -v s="$1" -v mib="$BIG_MIB" 'BEGIN { printf "%.0f MB/s", mib * 1048576 / s / 1e6 }'; }
-warm="$(awk -F'\t' '$1 == "warm sequential read" && $2 == "veilfs" { print $3 }' "$RESULTS")"
-cold="$(awk -F'\t' '$1 == "cold sequential read" && $2 == "veilfs" { print $3 }' "$RESULTS")"
+warm="$(awk -F'\t' '$1 == "warm sequential read" && $2 == "veilfs" { print $3 }' "$MEDIANS")"
+cold="$(awk -F'\t' '$1 == "cold sequential read" && $2 == "veilfs" { print $3 }' "$MEDIANS")"
 echo
 [ -z "$cold" ] || echo "veilfs: cold read $(mbps "$cold"), warm read $(mbps "$warm")."
 echo "veilfs: daemon peak RSS during the workloads $((PEAK_RSS_KB_ALL / 1024)) MB."
