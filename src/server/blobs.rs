@@ -286,28 +286,13 @@ impl LocalBlobStore {
         if let Some(data) = self.packs.read(id, offset, len)? {
             return Ok(data);
         }
-        let file = File::open(self.blob_path(id)?)?;
-        let mut buf = vec![0u8; len];
-        let mut filled = 0;
-        while filled < len {
-            #[cfg(unix)]
-            let n = {
-                use std::os::unix::fs::FileExt;
-                file.read_at(&mut buf[filled..], offset + filled as u64)?
-            };
-            #[cfg(not(unix))]
-            let n = {
-                use std::io::{Read, Seek, SeekFrom};
-                let mut f = &file;
-                f.seek(SeekFrom::Start(offset + filled as u64))?;
-                f.read(&mut buf[filled..])?
-            };
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        buf.truncate(filled);
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = File::open(self.blob_path(id)?)?;
+        file.seek(SeekFrom::Start(offset))?;
+        // Read into spare capacity: zeroing a buffer the read overwrites anyway was a pass over
+        // every byte served (`memset`, 2 % of the samples of a cold 1 GiB read).
+        let mut buf = Vec::with_capacity(len);
+        file.take(len as u64).read_to_end(&mut buf)?;
         Ok(buf)
     }
 
