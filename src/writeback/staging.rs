@@ -37,8 +37,9 @@
 //!
 //! On disk: `staging/<id>` for files in use and ready ones, `staging/free/<n>` for empty ones
 //! waiting. Ready files go back under `free/` when the pool closes; after a crash they have no
-//! journal entry, and the next mount removes them with the other leftovers. A crash between the rename into `free/` and the truncation leaves a non-empty free
-//! file; it is truncated when named ahead.
+//! journal entry, and the next mount removes them with the other leftovers. A crash between
+//! the rename into `free/` and the truncation leaves a non-empty free file; it is truncated
+//! when named ahead.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -242,7 +243,8 @@ impl Shared {
     }
 
     /// Renames the file at `from` to `<next>`, empties it and adds it to the ready ones. On
-    /// failure nothing is left under either name.
+    /// failure nothing is left under `<next>`; a file the rename could not move is still at
+    /// `from`, for the caller to remove.
     fn name_ahead(&self, from: &Path, next: u64) -> Option<()> {
         let path = self.path_of(next);
         std::fs::rename(from, &path).ok()?;
