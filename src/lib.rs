@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod cli;
+pub mod content;
 pub mod crypto;
 pub mod direct_io;
 pub mod filen;

@@ -10,12 +10,12 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::ops::Range;
-use std::path::Path;
 
 use bytes::Bytes;
 use thiserror::Error;
 
 use crate::cache::ContentId;
+use crate::content::Content;
 use crate::tree::{Change, Handle, Node};
 
 /// The POSIX view of a node that the filesystem sets.
@@ -154,14 +154,14 @@ pub trait Remote: Send + Sync + 'static {
     /// Content sent by [`Remote::upload_content`], waiting for [`Remote::commit_upload`].
     type Upload: Send + Sync + 'static;
 
-    /// Encrypts and sends the plaintext file at `file` (modification time `mtime_ns`). Nothing
+    /// Encrypts and sends `content` (modification time `mtime_ns`). Nothing
     /// is visible until the upload is committed, so this long step needs no lock on the tree.
     /// `parent` is the folder the file is in when the upload starts: Filen binds chunks to a
     /// folder as they arrive (MEGA ignores it); a commit into another folder may answer
     /// [`RemoteError::Unavailable`] so the content is sent again.
     fn upload_content(
         &self,
-        file: &Path,
+        content: &Content,
         mtime_ns: i64,
         parent: &Node,
     ) -> impl Future<Output = Result<Self::Upload>> + Send;

@@ -15,6 +15,7 @@ use super::account::{self, AccountArgs};
 use super::drive::{Drive, Index, mega, node_key, split_parent};
 use super::progress::Progress;
 use super::resume;
+use crate::content::Content;
 use crate::crypto::mega::FileKey;
 use crate::mega::client::MegaClient;
 use crate::mega::nodes::NodeKey;
@@ -433,7 +434,7 @@ async fn upload_one(
         };
         match mt::upload_to(
             client.api(),
-            &job.local,
+            &Content::File(job.local.clone()),
             &key,
             &state,
             bar.counter(),

@@ -15,9 +15,7 @@
 //! tree diffs.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::ops::Range;
-use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,6 +25,7 @@ use sha2::{Digest, Sha256, Sha512};
 use super::session::FilenSession;
 use super::{FilenError, new_uuid, now_ms};
 use crate::cache::ContentId;
+use crate::content::Content;
 use crate::crypto::filen::{
     self as fc, CHUNK_SIZE, DataVersion, FileKey, MetadataVersion, random_string,
 };
@@ -432,7 +431,7 @@ impl Remote for FilenRemote {
 
     async fn upload_content(
         &self,
-        file: &Path,
+        content: &Content,
         _mtime_ns: i64,
         parent: &Node,
     ) -> Result<FilenUpload> {
@@ -440,27 +439,17 @@ impl Remote for FilenRemote {
         let key = FileKey::generate(self.session.file_version);
         let uuid = new_uuid();
         let upload_key = random_string(32);
-        let mut f = std::fs::File::open(file)?;
+        let reader = content.open()?;
         let mut hasher = Sha512::new();
         let (mut size, mut index) = (0u64, 0u64);
         let (mut region, mut bucket) = ("de-1".to_string(), "filen-1".to_string());
-        let mut buf = vec![0u8; CHUNK_SIZE];
-        loop {
-            let mut filled = 0;
-            while filled < CHUNK_SIZE {
-                let n = f.read(&mut buf[filled..])?;
-                if n == 0 {
-                    break;
-                }
-                filled += n;
-            }
-            if filled == 0 {
-                break;
-            }
-            hasher.update(&buf[..filled]);
+        while size < reader.len() {
+            let filled = (reader.len() - size).min(CHUNK_SIZE as u64) as usize;
+            let buf = reader.read_vec(size, filled)?;
+            hasher.update(&buf);
             size += filled as u64;
             let enc = key
-                .encrypt_chunk(&buf[..filled])
+                .encrypt_chunk(&buf)
                 .map_err(|e| RemoteError::Other(e.to_string()))?;
             let hash = hex::encode(Sha512::digest(&enc));
             let answer = self

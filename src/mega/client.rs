@@ -15,6 +15,7 @@ use super::session::{Credentials, Session};
 use super::transfer::{self, DownloadInfo, TransferOptions};
 use super::upload_urls::UploadUrls;
 use super::wire::{self, ActionPackets, FetchNodes, WireNode};
+use crate::content::Content;
 use crate::crypto::mega::{self as mc, FileKey};
 use crate::retry::RetryPolicy;
 
@@ -376,17 +377,21 @@ impl MegaClient {
     /// visible in the tree until [`MegaClient::commit_upload`].
     pub async fn upload_data(
         &self,
-        path: &Path,
+        content: impl Into<Content>,
         progress: impl Fn(u64) + Send + Sync + 'static,
     ) -> Result<(FileKey, transfer::UploadedData)> {
+        let content = content.into();
         let file_key = FileKey::generate();
-        let size = transfer::local_size(path)?;
+        let size = content
+            .len()
+            .map_err(|e| MegaError::Network(format!("reading {e}")))?;
         let resume = transfer::UploadResume {
             url: self.upload_urls.get(size).await?,
             ..Default::default()
         };
         let uploaded =
-            transfer::upload_to(&self.api, path, &file_key, &resume, progress, |_, _| {}).await?;
+            transfer::upload_to(&self.api, &content, &file_key, &resume, progress, |_, _| {})
+                .await?;
         Ok((file_key, uploaded))
     }
 

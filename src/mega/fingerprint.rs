@@ -2,14 +2,14 @@
 //! and the modification time. Official clients show the mtime they read from it, so every file we
 //! upload carries one; we also read the mtime back from it for files other clients uploaded.
 
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+
+use crate::content::ReadExactAt;
 
 use crate::crypto::mega::{b64_decode, b64_encode};
 
 /// The fingerprint of `file` (its first `size` bytes) with modification time `mtime` (seconds).
-pub fn fingerprint(file: &File, size: u64, mtime: i64) -> io::Result<String> {
+pub fn fingerprint(file: &impl ReadExactAt, size: u64, mtime: i64) -> io::Result<String> {
     let mut out = crc_part(file, size)?.to_vec();
     out.extend(serialize_mtime(mtime));
     Ok(b64_encode(&out))
@@ -49,7 +49,7 @@ fn serialize_mtime(mtime: i64) -> Vec<u8> {
     out
 }
 
-fn crc_part(file: &File, size: u64) -> io::Result<[u8; 16]> {
+fn crc_part(file: &impl ReadExactAt, size: u64) -> io::Result<[u8; 16]> {
     let mut crc = [0u8; 16];
     if size <= 16 {
         file.read_exact_at(&mut crc[..size as usize], 0)?;

@@ -15,7 +15,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -28,6 +27,7 @@ use super::nodes::{DecryptedNode, NodeKey};
 use super::session::{Credentials, Session};
 use super::wire::{self, WireNode};
 use crate::cache::ContentId;
+use crate::content::Content;
 use crate::crypto::mega as mc;
 use crate::remote::{
     Commit, Fetched, Listing, Lookup, Meta, Polled, Quota, Remote, RemoteError, Result,
@@ -241,17 +241,16 @@ impl Remote for MegaRemote {
 
     async fn upload_content(
         &self,
-        file: &Path,
+        content: &Content,
         mtime_ns: i64,
         _parent: &Node,
     ) -> Result<MegaUpload> {
         let fingerprint = {
-            let f = std::fs::File::open(file)?;
-            let size = f.metadata()?.len();
-            fingerprint::fingerprint(&f, size, mtime_ns.div_euclid(1_000_000_000))?
+            let reader = content.open()?;
+            fingerprint::fingerprint(&reader, reader.len(), mtime_ns.div_euclid(1_000_000_000))?
         };
         let (key, data) = self
-            .call(|| self.client.upload_data(file, |_| {}))
+            .call(|| self.client.upload_data(content, |_| {}))
             .await
             .map_err(remote_error)?;
         Ok(MegaUpload {

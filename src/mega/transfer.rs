@@ -7,12 +7,12 @@
 
 use bytes::Bytes;
 use serde_json::json;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::api::{ApiClient, is_retryable, network_error};
 use super::error::{ErrorCode, MegaError, Result};
+use crate::content::{Content, Reader};
 use crate::crypto::mega::{self as mc, FileKey};
 
 /// Bytes per upload POST: whole MAC chunks up to this size. Large enough to amortise the HTTP
@@ -60,12 +60,9 @@ pub fn upload_posts(size: u64) -> Vec<std::ops::Range<u64>> {
     posts
 }
 
-/// The size of the local file at `path`: one `stat` of a file we just wrote or are about to
-/// read, answered from the inode cache, so asked directly rather than on the blocking pool.
-pub fn local_size(path: &Path) -> Result<u64> {
-    Ok(std::fs::metadata(path)
-        .map_err(|e| MegaError::Network(format!("reading {}: {e}", path.display())))?
-        .len())
+/// A local read failed: reported as a transfer failure, retried like one.
+fn read_error(e: std::io::Error) -> MegaError {
+    MegaError::Network(format!("reading {e}"))
 }
 
 /// Asks for an upload URL for `size` bytes (`u`) in a request of its own (see
@@ -85,18 +82,19 @@ pub struct UploadResume {
     pub token: Option<String>,
 }
 
-/// Sends the POSTs of `path` that `resume` does not list as done to `resume.url`. The MACs of
-/// the chunks already sent are recomputed from the local file (the server never returns them).
+/// Sends the POSTs of `content` that `resume` does not list as done to `resume.url`. The MACs
+/// of the chunks already sent are recomputed from the content (the server never returns them).
 /// `on_post(start, token)` runs after each acknowledged POST, before `progress`.
 pub async fn upload_to(
     api: &ApiClient,
-    path: &Path,
+    content: &Content,
     key: &FileKey,
     resume: &UploadResume,
     progress: impl Fn(u64) + Send + Sync + 'static,
     on_post: impl Fn(u64, Option<&str>) + Send + Sync + 'static,
 ) -> Result<UploadedData> {
-    let size = local_size(path)?;
+    let reader = Arc::new(content.open().map_err(read_error)?);
+    let size = reader.len();
     let url = resume.url.clone();
     if size == 0 {
         let token = match &resume.token {
@@ -127,8 +125,8 @@ pub async fn upload_to(
             .await
             .expect("semaphore open");
         let already_sent = resume.done.contains(&range.start);
-        let (path, key, macs, progress, on_post, url) = (
-            path.to_path_buf(),
+        let (reader, key, macs, progress, on_post, url) = (
+            reader.clone(),
             key.clone(),
             macs.clone(),
             progress.clone(),
@@ -142,9 +140,9 @@ pub async fn upload_to(
             let start = range.start;
             let len = range.end - range.start;
             let body = if len <= INLINE_ENCRYPT_BYTES {
-                encrypt_range(&path, &key, range, &macs)?
+                encrypt_range(&reader, &key, range, &macs)?
             } else {
-                tokio::task::spawn_blocking(move || encrypt_range(&path, &key, range, &macs))
+                tokio::task::spawn_blocking(move || encrypt_range(&reader, &key, range, &macs))
                     .await
                     .map_err(|e| MegaError::Network(e.to_string()))??
             };
@@ -267,25 +265,17 @@ pub async fn download_to_file(
     Ok(())
 }
 
-/// Reads `range` of the plaintext file, records its chunk MACs and returns the ciphertext.
+/// Reads `range` of the plaintext, records its chunk MACs and returns the ciphertext.
 fn encrypt_range(
-    path: &Path,
+    reader: &Reader,
     key: &FileKey,
     range: std::ops::Range<u64>,
     macs: &std::sync::Mutex<mc::MacAccumulator>,
 ) -> Result<Bytes> {
-    use std::io::{Read, Seek, SeekFrom};
-    let io = |e: std::io::Error| MegaError::Network(format!("reading {}: {e}", path.display()));
-    let mut file = std::fs::File::open(path).map_err(io)?;
-    file.seek(SeekFrom::Start(range.start)).map_err(io)?;
     let len = range.end - range.start;
-    // Read into spare capacity: zero-filling a buffer the read overwrites anyway costs a pass
-    // over every byte of the upload.
-    let mut buf = Vec::with_capacity(len as usize);
-    file.take(len).read_to_end(&mut buf).map_err(io)?;
-    if buf.len() as u64 != len {
-        return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
-    }
+    let mut buf = reader
+        .read_vec(range.start, len as usize)
+        .map_err(read_error)?;
     let first = mc::chunk_index(range.start);
     let spans: Vec<_> = (first..)
         .map(|i| mc::chunk_range(i, range.end))

@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -340,7 +339,7 @@ impl<R: Remote> Vfs<R> {
         // close finds little left to write. Outside the lock: the call may wait for the disk.
         if buffered > 0 && end / STAGING_WRITEBACK != offset / STAGING_WRITEBACK {
             let block = end / STAGING_WRITEBACK * STAGING_WRITEBACK - STAGING_WRITEBACK;
-            crate::util::start_writeback(&file, block, STAGING_WRITEBACK);
+            file.start_writeback(block, STAGING_WRITEBACK);
         }
         Ok(data.len() as u32)
     }

@@ -574,9 +574,10 @@ impl<R: Remote> Vfs<R> {
 
     /// Uploads staging file `id` as a new file under `parent`.
     async fn upload_new(&self, parent: &Node, meta: &Meta, id: u64) -> Result<Node> {
+        let (content, _hold) = self.wb.content(id)?;
         let upload = self
             .remote
-            .upload_content(&self.wb.path_of(id), meta.mtime_ns, parent)
+            .upload_content(&content, meta.mtime_ns, parent)
             .await?;
         Ok(self
             .remote
@@ -592,7 +593,7 @@ impl<R: Remote> Vfs<R> {
         let p = self.on_server(p).await?;
         // The link's content is its target, so other MEGA clients see a small file holding it.
         let (id, file) = self.wb.create()?;
-        let result = match std::os::unix::fs::FileExt::write_all_at(&*file, target.as_bytes(), 0) {
+        let result = match file.write_all_at(target.as_bytes(), 0) {
             Ok(()) => self.upload_new(&p, &meta, id).await,
             Err(e) => Err(e.into()),
         };

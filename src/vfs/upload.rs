@@ -283,12 +283,12 @@ impl<R: Remote> Vfs<R> {
         };
         // Held while the backend reads it by its path: a discarded staging file is reused
         // (writeback/staging.rs). Discarded already: the upload was cancelled meanwhile.
-        let Ok(_hold) = self.wb.hold(id) else {
+        let Ok((content, _hold)) = self.wb.content(id) else {
             return Ok(Outcome::Dropped);
         };
         let upload = self
             .remote
-            .upload_content(&self.wb.path_of(id), entry.mtime_ns, &hint)
+            .upload_content(&content, entry.mtime_ns, &hint)
             .await?;
         let (done, outcome) = oneshot::channel();
         let ready = Ready { id, upload, done };

@@ -23,7 +23,7 @@
 //! the call returns (a crash of the daemon keeps them) and on the disk at its next sync.
 
 use std::collections::{BTreeMap, HashSet};
-use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -36,6 +36,12 @@ use journal::Journal;
 pub use journal::Mark;
 use staging::Pool;
 pub use staging::{Hold, Staged};
+
+// A file kept in memory has no staging file to sync at `close()`: its content must fit the
+// journal record that makes it durable.
+const _: () = assert!(staging::MEMORY_MAX <= journal::INLINE_MAX);
+
+use crate::content::Content;
 
 #[derive(Debug, Error)]
 pub enum WritebackError {
@@ -182,10 +188,15 @@ impl Writeback {
         }
     }
 
-    /// A new, empty staging file (0600), reusing a discarded one when there is one (see
-    /// `staging.rs`: creating inodes is what small files cost most).
+    /// A new, empty staging file: kept in memory while it is small, else a file (0600), a
+    /// discarded one reused when there is one (see `staging.rs`: creating inodes is what small
+    /// files cost most).
     pub fn create(&self) -> Result<(u64, Staged)> {
-        let file = self.staging.create().map_err(|source| WritebackError::Io {
+        self.created(self.staging.create_small())
+    }
+
+    fn created(&self, file: std::io::Result<Staged>) -> Result<(u64, Staged)> {
+        let file = file.map_err(|source| WritebackError::Io {
             path: self.staging.dir().to_path_buf(),
             source,
         })?;
@@ -195,8 +206,13 @@ impl Writeback {
     /// A new staging file holding a copy of staging file `from`.
     pub fn copy(&self, from: u64) -> Result<(u64, Staged)> {
         let input = self.reopen(from)?;
-        let (id, file) = self.create()?;
-        if let Err(source) = std::io::copy(&mut &*input, &mut &*file) {
+        let small = input.len().is_ok_and(|len| len <= staging::MEMORY_MAX);
+        let (id, file) = if small {
+            self.create()?
+        } else {
+            self.created(self.staging.create())?
+        };
+        if let Err(source) = file.copy_from(&input) {
             // A half copy would hold disk space nobody refers to.
             self.discard(id);
             return Err(WritebackError::Io {
@@ -210,6 +226,12 @@ impl Writeback {
     /// Reopens a sealed staging file (after a remount).
     pub fn reopen(&self, id: u64) -> Result<Staged> {
         self.staging.reopen(id).map_err(self.io_error(id))
+    }
+
+    /// What the upload of staging file `id` reads, with a hold that keeps a file from being
+    /// reused while its path is read (its content kept in memory comes as bytes).
+    pub fn content(&self, id: u64) -> Result<(Content, Hold)> {
+        self.staging.content(id).map_err(self.io_error(id))
     }
 
     /// Keeps staging file `id` from being reused while its path is read (an upload).
@@ -384,7 +406,6 @@ fn migrate_sled_journal(dir: &Path, journal: &Journal) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
 
     fn entry(id: u64) -> Entry {
@@ -405,24 +426,39 @@ mod tests {
         let (kept, unqueued) = {
             let wb = Writeback::open(dir.path()).unwrap();
             let (kept, f) = wb.create().unwrap();
-            (&*f).write_all(b"abc").unwrap();
+            f.write_all_at(b"abc", 0).unwrap();
+            assert!(f.in_memory(), "a small file has no staging file");
+            assert!(!wb.path_of(kept).exists());
             wb.enqueue(&f, &entry(kept), &[]).unwrap();
-            let (unqueued, _) = wb.create().unwrap();
-            let mode = std::fs::metadata(wb.path_of(kept))
+            let (unqueued, u) = wb.create().unwrap();
+            // One that grows large gets a file, private to its owner.
+            u.write_all_at(&[1; 70_000], 0).unwrap();
+            assert!(!u.in_memory());
+            let mode = std::fs::metadata(wb.path_of(unqueued))
                 .unwrap()
                 .permissions()
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
             (kept, unqueued)
         };
+        // Its content came back from the journal record, into a file of its own.
         let wb = Writeback::open(dir.path()).unwrap();
         assert_eq!(wb.pending().unwrap(), vec![entry(kept)]);
         assert_eq!(std::fs::read(wb.path_of(kept)).unwrap(), b"abc");
+        let mode = std::fs::metadata(wb.path_of(kept))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
         assert!(!wb.path_of(unqueued).exists());
         let (next, _) = wb.create().unwrap();
         assert!(next > unqueued, "ids are never reused");
-        let (copy, _) = wb.copy(kept).unwrap();
-        assert_eq!(std::fs::read(wb.path_of(copy)).unwrap(), b"abc");
+        let (copy, c) = wb.copy(kept).unwrap();
+        let mut buf = [0u8; 3];
+        c.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"abc");
+        assert_eq!(c.len().unwrap(), 3);
+        assert!(copy > next);
         wb.finish(kept).unwrap();
         assert!(wb.pending().unwrap().is_empty());
         wb.settle();
