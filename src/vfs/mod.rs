@@ -116,7 +116,8 @@ pub struct VfsConfig {
     pub read_only: bool,
     /// Chunks fetched ahead of a sequential reader.
     pub read_ahead: u64,
-    /// Uploads running at once.
+    /// Large uploads running at once; small ones run [`upload::SLOTS_PER_WORKER`] times as
+    /// many (see `upload::Queue`).
     pub upload_workers: usize,
     /// How long a closed file waits before its upload starts (see `upload::Queue::submit`).
     pub write_back_delay: Duration,
