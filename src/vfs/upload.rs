@@ -64,10 +64,11 @@ pub(super) struct Queue<U> {
     /// as many: a small upload waits mostly on round trips (its POST, the batched commit), and
     /// with one upload per worker the last of 10 000 files of 1 KiB was uploaded 1.5–2.2 s
     /// after it was written, the cores idle half that time (three alternating pairs: until
-    /// durable 5.3–6.0 s, with four per worker 3.6–4.2 s). An upload keeps its slots until its commit comes
-    /// back: giving them back once the content is sent was measured (10 000 small files,
-    /// server on disk) to finish the uploads 20 % sooner but to slow the writer down by as
-    /// much, the uploads taking the CPU it needed. The writer is what a user waits for.
+    /// durable 5.3–6.0 s, with four per worker 3.6–4.2 s). An upload keeps its slots until its
+    /// commit comes back: giving them back once the content is sent was measured (10 000
+    /// small files, server on disk) to finish the uploads 20 % sooner but to slow the writer
+    /// down by as much, the uploads taking the CPU it needed. The writer is what a user waits
+    /// for.
     slots: Arc<Semaphore>,
     /// Uploads holding slots.
     under_way: Arc<AtomicUsize>,
