@@ -286,7 +286,7 @@ impl Journal {
         self.maybe_compact(&mut state)
     }
 
-    /// Records a folder's change not yet on the server (replacing the folder's earlier one).
+    /// Records a folder's change not yet on the server (merged with its earlier one).
     pub fn put_attrs(&self, attrs: &FolderAttrs) -> Result<()> {
         let mut state = self.state.lock();
         let attrs = FolderAttrs {
@@ -294,7 +294,7 @@ impl Journal {
             ..attrs.clone()
         };
         self.append(&mut state, &[Record::Attrs(attrs.clone())])?;
-        state.attrs.insert(attrs.target, attrs);
+        put_attrs_into(&mut state.attrs, attrs);
         self.maybe_compact(&mut state)
     }
 
@@ -693,7 +693,7 @@ fn replay(mut bytes: &[u8]) -> Replayed {
                 r.contents.remove(&id);
             }
             Record::Attrs(a) => {
-                r.attrs.insert(a.target, a);
+                put_attrs_into(&mut r.attrs, a);
             }
             Record::AttrsDone { target, seq } => forget_if_current(&mut r.attrs, target, seq),
             Record::Dir(d) => {
@@ -736,8 +736,37 @@ fn rehome(
     }
     if let Some(mut a) = attrs.remove(&target) {
         a.target = node;
-        // A change made since, under the server's handle, is the newer one.
-        attrs.entry(node).or_insert(a);
+        match attrs.remove(&node) {
+            // A change made since, under the server's handle, is the newer one.
+            Some(newer) => add_attrs(attrs, a, newer),
+            None => {
+                attrs.insert(node, a);
+            }
+        }
+    }
+}
+
+/// Puts folder change `newer` in place of the folder's pending one, if any: its fields win,
+/// the older one's others stay. The vfs merges a folder's changes before it records them, but
+/// not across the folder reaching the server (a `chmod` under the local handle, a `utimensat`
+/// under the server's): keeping the newer record alone lost the mode when the daemon died
+/// before pushing both.
+fn add_attrs(attrs: &mut BTreeMap<u64, FolderAttrs>, older: FolderAttrs, newer: FolderAttrs) {
+    let merged = FolderAttrs {
+        mode: newer.mode.or(older.mode),
+        mtime_ns: newer.mtime_ns.or(older.mtime_ns),
+        ..newer
+    };
+    attrs.insert(merged.target, merged);
+}
+
+/// Records folder change `a`, merged with the folder's pending one (see [`add_attrs`]).
+fn put_attrs_into(attrs: &mut BTreeMap<u64, FolderAttrs>, a: FolderAttrs) {
+    match attrs.remove(&a.target) {
+        Some(older) => add_attrs(attrs, older, a),
+        None => {
+            attrs.insert(a.target, a);
+        }
     }
 }
 
@@ -1186,6 +1215,40 @@ mod tests {
         journal.attrs_done(10, 3).unwrap();
         drop(journal);
         let journal = Journal::open(&path, dir.path()).unwrap();
+        assert!(journal.attrs().is_empty());
+    }
+
+    #[test]
+    fn a_folder_change_from_before_it_reached_the_server_merges_with_a_later_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.log");
+        let journal = Journal::open(&path, dir.path()).unwrap();
+        let (local, server) = (1 << 63 | 7, 42);
+        let change = |target, seq, mode, mtime_ns| FolderAttrs {
+            target,
+            seq,
+            mode,
+            mtime_ns,
+        };
+        journal
+            .put_attrs(&change(local, 1, Some(0o701), None))
+            .unwrap();
+        journal.dir_done(local, server).unwrap();
+        journal
+            .put_attrs(&change(server, 2, None, Some(5)))
+            .unwrap();
+        let both = change(server, 2, Some(0o701), Some(5));
+        assert_eq!(journal.attrs(), [both.clone()]);
+        drop(journal);
+        // The daemon died before pushing either: both fields come back.
+        let replayed = replay(&std::fs::read(&path).unwrap()).attrs;
+        assert_eq!(replayed.into_values().collect::<Vec<_>>(), [both.clone()]);
+        let journal = Journal::open(&path, dir.path()).unwrap();
+        assert_eq!(journal.attrs(), [both]);
+        // The older change's push ending does not forget the merged one; the newer one's does.
+        journal.attrs_done(local, 1).unwrap();
+        assert_eq!(journal.attrs().len(), 1);
+        journal.attrs_done(server, 2).unwrap();
         assert!(journal.attrs().is_empty());
     }
 
