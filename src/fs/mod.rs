@@ -191,6 +191,27 @@ fn attr(st: &Stat) -> FileAttr {
     }
 }
 
+/// The attributes of a negative entry: inode 0 tells the kernel the name is absent.
+fn absent() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        flags: 0,
+        blksize: BLOCK,
+    }
+}
+
 /// A name from the kernel; names that are not UTF-8 cannot be stored remotely.
 fn name_of(name: &OsStr) -> Result<String, VfsError> {
     name.to_str()
@@ -216,15 +237,20 @@ impl<R: Remote> Filesystem for FuseFs<R> {
         Ok(())
     }
 
+    /// A name that is not there is answered as a negative entry (inode 0), which the kernel
+    /// keeps as long as a found one: programs look a name up before they create it (`rsync`
+    /// stats each file before writing it under a temporary name, then renames onto it), and
+    /// every such look-up was a round trip. Another client's new name reaches the kernel as an
+    /// invalidation of the entry, as a changed one does (tested in `mount_posix.rs`).
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _timed = stats::Timed::start("lookup");
-        let name = name_of(name);
-        reply_entry(
-            "lookup",
-            reply,
-            self.ttl,
-            name.and_then(|n| self.vfs.lookup(parent.0, &n)),
-        );
+        match name_of(name).and_then(|n| self.vfs.lookup(parent.0, &n)) {
+            Err(e @ VfsError::NotFound) => {
+                fail("lookup", &e);
+                reply.entry(&self.ttl, &absent(), Generation(0));
+            }
+            result => reply_entry("lookup", reply, self.ttl, result),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
