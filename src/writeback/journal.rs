@@ -1238,11 +1238,14 @@ mod tests {
             .put_attrs(&change(server, 2, None, Some(5)))
             .unwrap();
         let both = change(server, 2, Some(0o701), Some(5));
-        assert_eq!(journal.attrs(), [both.clone()]);
+        assert_eq!(journal.attrs(), std::slice::from_ref(&both));
         drop(journal);
         // The daemon died before pushing either: both fields come back.
         let replayed = replay(&std::fs::read(&path).unwrap()).attrs;
-        assert_eq!(replayed.into_values().collect::<Vec<_>>(), [both.clone()]);
+        assert_eq!(
+            replayed.into_values().collect::<Vec<_>>(),
+            std::slice::from_ref(&both)
+        );
         let journal = Journal::open(&path, dir.path()).unwrap();
         assert_eq!(journal.attrs(), [both]);
         // The older change's push ending does not forget the merged one; the newer one's does.
