@@ -561,10 +561,16 @@ impl Shared {
             }
             let _ = std::fs::remove_file(self.path_of(from));
         }
+        self.free_or_new(&path, free)
+    }
+
+    /// A file at `path`: free file `free` renamed and emptied, else a new one (0600). With
+    /// whether it was renamed.
+    fn free_or_new(&self, path: &Path, free: Option<u64>) -> std::io::Result<(File, bool)> {
         if let Some(n) = free
-            && std::fs::rename(self.free_path(n), &path).is_ok()
+            && std::fs::rename(self.free_path(n), path).is_ok()
         {
-            let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            let file = OpenOptions::new().read(true).write(true).open(path)?;
             if file.metadata()?.len() > 0 {
                 file.set_len(0)?;
             }
@@ -575,7 +581,7 @@ impl Shared {
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&path)?;
+            .open(path)?;
         Ok((file, false))
     }
 }
@@ -753,22 +759,8 @@ impl Pool {
             }
             None => {}
         }
-        if let Some(n) = free
-            && std::fs::rename(self.shared.free_path(n), &path).is_ok()
-        {
-            let file = OpenOptions::new().read(true).write(true).open(&path)?;
-            if file.metadata()?.len() > 0 {
-                file.set_len(0)?;
-            }
-            return Ok(file_body(file, true));
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
-        Ok(file_body(file, false))
+        let (file, reused) = self.shared.free_or_new(&path, free)?;
+        Ok(file_body(file, reused))
     }
 
     /// Opens staging file `id` again (after a remount, or to read it besides its writer).
