@@ -5,7 +5,7 @@
 //!
 //! ```text
 //!   (new) ──create──▶ open (a local node, no server round trip; see vfs/local.rs)
-//!   clean ──open for write──▶ open (staging file, writers > 0)
+//!   clean ──open for write──▶ open (staging file, writers > 0; in memory up to 64 KiB)
 //!   open ──last close / fsync──▶ queued   (staging file sealed, journal entry written, fsynced)
 //!   queued ──write-back delay, worker──▶ uploading ──node committed (in a batch)──▶ clean
 //!                                        (entry forgotten, staging file emptied for reuse)
@@ -16,7 +16,8 @@
 //!
 //! Staging files hold plaintext (the one exception to "nothing plaintext on disk", DESIGN.md),
 //! so they and their directory are private to the user (0600 / 0700) and emptied as soon as
-//! their upload is committed. The journal (`journal.rs`, an append-only log) holds one entry per
+//! their upload is committed. A small file is staged in memory (`staging.rs`) and reaches the
+//! disk only in its journal record, which holds the same plaintext under the same rules. The journal (`journal.rs`, an append-only log) holds one entry per
 //! sealed staging file, written and synced with the file's data before `close()`/`fsync()`
 //! returns, so an acknowledged write is on disk and will be uploaded by this mount or the next
 //! one. Later changes to a queued file's name, folder, mode and times are in the journal when

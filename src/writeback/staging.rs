@@ -13,11 +13,12 @@
 //! once.
 //!
 //! Why reuse: every file past the memory stage costs one staging file, and creating an inode
-//! is the most expensive thing a write does here. On ext4 without a journal (the benchmark VM) the allocator
-//! skips every inode freed in the last half minute or so (`recently_deleted`), and staging
-//! files are freed as fast as uploads commit: a `create` spent 0.9 ms of CPU in the kernel
-//! finding an inode, a quarter of the daemon's time writing 10 000 small files (`perf`). A
-//! staging file that is no longer needed is therefore truncated and kept for the next one.
+//! is the most expensive thing a write does here. On ext4 without a journal (the benchmark
+//! VM) the allocator skips every inode freed in the last half minute or so
+//! (`recently_deleted`), and staging files are freed as fast as uploads commit: a `create`
+//! spent 0.9 ms of CPU in the kernel finding an inode, a quarter of the daemon's time writing
+//! 10 000 small files (`perf`). A staging file that is no longer needed is therefore truncated
+//! and kept for the next one.
 //!
 //! Why named ahead: taking a kept file used to cost a rename into place at `create`, 40 µs of
 //! the request's CPU and a wait on the file system's lock for renames across folders (the
