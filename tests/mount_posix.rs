@@ -551,6 +551,81 @@ fn more_files_wait_for_their_upload_than_the_daemon_may_have_open() {
     }
 }
 
+/// Staging files in a cache directory: those named by an id (the files being written or
+/// queued), not the free ones kept for reuse.
+fn staging_files(cache: &Path) -> usize {
+    let mut count = 0;
+    let mut dirs = vec![cache.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() && path.file_name().is_some_and(|n| n != "free") {
+                dirs.push(path);
+            } else if dir.file_name().is_some_and(|n| n == "staging")
+                && entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| n.parse::<u64>().is_ok())
+                && entry.metadata().unwrap().len() > 0
+            {
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
+/// Small files are staged in memory up to a budget (8 MiB), the others on the disk. With the
+/// server away and the daemon killed, only the journal holds the ones in memory: the next
+/// mount writes them back from it, and every file reaches the server, whichever way it was
+/// staged — as does one that began small and grew past 64 KiB.
+#[test]
+fn small_files_staged_in_memory_survive_a_sigkill_and_all_reach_the_server() {
+    const FILES: usize = 200;
+    let mut f = MountFixture::new();
+    fs::create_dir(f.path("m")).unwrap();
+    f.pause_server(true);
+    let content = |i: usize| pattern(60 * 1024 - i, i as u8);
+    for i in 0..FILES {
+        write_and_close(&f.path(&format!("m/f{i:03}")), &content(i))
+            .unwrap_or_else(|e| panic!("file {i}: {e}"));
+    }
+    let grown = pattern(1000 + 100 * 1024, 77);
+    {
+        let mut g = fs::File::create(f.path("m/grown")).unwrap();
+        g.write_all(&grown[..1000]).unwrap();
+        g.write_all(&grown[1000..]).unwrap();
+    }
+    for i in [0, 99, FILES - 1] {
+        assert_eq!(fs::read(f.path(&format!("m/f{i:03}"))).unwrap(), content(i));
+    }
+    assert_eq!(fs::read(f.path("m/grown")).unwrap(), grown);
+    // 200 files of about 60 KiB are 11.7 MiB: the first ones in memory, the rest on the disk.
+    let on_disk = staging_files(&f.cache_dir());
+    assert!(
+        (2..FILES / 2).contains(&on_disk),
+        "{on_disk} staging files for {FILES} small files and a grown one"
+    );
+    f.kill();
+    f.pause_server(false);
+    f.mount();
+    for i in [0, 99, FILES - 1] {
+        assert_eq!(fs::read(f.path(&format!("m/f{i:03}"))).unwrap(), content(i));
+    }
+    f.unmount();
+
+    let (mnt2, second) = second_mount(&f);
+    let seen: Vec<_> = (0..FILES)
+        .map(|i| fs::read(mnt2.join(format!("m/f{i:03}"))).map_err(|e| e.to_string()))
+        .collect();
+    let seen_grown = fs::read(mnt2.join("m/grown")).map_err(|e| e.to_string());
+    stop_second(&mnt2, second);
+    for (i, data) in seen.into_iter().enumerate() {
+        assert!(data == Ok(content(i)), "file {i} on the server");
+    }
+    assert!(seen_grown == Ok(grown), "the grown file on the server");
+}
+
 /// A queued file rests without a descriptor (above) until it is opened: a handle opened before
 /// the file is deleted or replaced reads its content afterwards, even once the staging files
 /// let go have been emptied and reused.
