@@ -110,17 +110,19 @@ impl Reader {
             // A descriptor of its own: reading into spare capacity needs `read`, which moves
             // the descriptor's offset, and the ranges are read in parallel.
             Reader::File(_, path, _) => read_into_spare(&File::open(path)?, &mut buf, offset, len)?,
-            Reader::Memory(bytes) => {
-                let start = usize::try_from(offset).unwrap_or(usize::MAX);
-                let src = start
-                    .checked_add(len)
-                    .and_then(|end| bytes.get(start..end))
-                    .ok_or(io::ErrorKind::UnexpectedEof)?;
-                buf.extend_from_slice(src);
-            }
+            Reader::Memory(bytes) => buf.extend_from_slice(slice_at(bytes, offset, len)?),
         }
         Ok(buf)
     }
+}
+
+/// Bytes `offset..offset + len` of content held in memory, or `UnexpectedEof` when it is
+/// shorter (as `read_exact_at` of a file answers).
+pub(crate) fn slice_at(bytes: &[u8], offset: u64, len: usize) -> io::Result<&[u8]> {
+    usize::try_from(offset)
+        .ok()
+        .and_then(|start| bytes.get(start..start.checked_add(len)?))
+        .ok_or_else(|| io::ErrorKind::UnexpectedEof.into())
 }
 
 /// Reads exactly `len` bytes at `offset` into `buf`'s spare capacity.
@@ -151,12 +153,7 @@ impl ReadExactAt for Reader {
         match self {
             Reader::File(file, _, _) => FileExt::read_exact_at(file, buf, offset),
             Reader::Memory(bytes) => {
-                let start = usize::try_from(offset).unwrap_or(usize::MAX);
-                let src = start
-                    .checked_add(buf.len())
-                    .and_then(|end| bytes.get(start..end))
-                    .ok_or(io::ErrorKind::UnexpectedEof)?;
-                buf.copy_from_slice(src);
+                buf.copy_from_slice(slice_at(bytes, offset, buf.len())?);
                 Ok(())
             }
         }

@@ -382,9 +382,7 @@ impl MegaClient {
     ) -> Result<(FileKey, transfer::UploadedData)> {
         let content = content.into();
         let file_key = FileKey::generate();
-        let size = content
-            .len()
-            .map_err(|e| MegaError::Network(format!("reading {e}")))?;
+        let size = content.len().map_err(transfer::read_error)?;
         let resume = transfer::UploadResume {
             url: self.upload_urls.get(size).await?,
             ..Default::default()

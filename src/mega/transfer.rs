@@ -61,7 +61,7 @@ pub fn upload_posts(size: u64) -> Vec<std::ops::Range<u64>> {
 }
 
 /// A local read failed: reported as a transfer failure, retried like one.
-fn read_error(e: std::io::Error) -> MegaError {
+pub(super) fn read_error(e: std::io::Error) -> MegaError {
     MegaError::Network(format!("reading {e}"))
 }
 

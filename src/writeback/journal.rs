@@ -736,38 +736,35 @@ fn rehome(
     }
     if let Some(mut a) = attrs.remove(&target) {
         a.target = node;
-        match attrs.remove(&node) {
-            // A change made since, under the server's handle, is the newer one.
-            Some(newer) => add_attrs(attrs, a, newer),
-            None => {
-                attrs.insert(node, a);
-            }
-        }
+        // A change made since, under the server's handle, is the newer one.
+        let a = match attrs.remove(&node) {
+            Some(newer) => merged(a, newer),
+            None => a,
+        };
+        attrs.insert(node, a);
     }
 }
 
-/// Puts folder change `newer` in place of the folder's pending one, if any: its fields win,
-/// the older one's others stay. The vfs merges a folder's changes before it records them, but
-/// not across the folder reaching the server (a `chmod` under the local handle, a `utimensat`
+/// Folder change `newer` in place of the folder's pending `older` one: its fields win, the
+/// older one's others stay. The vfs merges a folder's changes before it records them, but not
+/// across the folder reaching the server (a `chmod` under the local handle, a `utimensat`
 /// under the server's): keeping the newer record alone lost the mode when the daemon died
 /// before pushing both.
-fn add_attrs(attrs: &mut BTreeMap<u64, FolderAttrs>, older: FolderAttrs, newer: FolderAttrs) {
-    let merged = FolderAttrs {
+fn merged(older: FolderAttrs, newer: FolderAttrs) -> FolderAttrs {
+    FolderAttrs {
         mode: newer.mode.or(older.mode),
         mtime_ns: newer.mtime_ns.or(older.mtime_ns),
         ..newer
-    };
-    attrs.insert(merged.target, merged);
+    }
 }
 
-/// Records folder change `a`, merged with the folder's pending one (see [`add_attrs`]).
+/// Records folder change `a`, merged with the folder's pending one (see [`merged`]).
 fn put_attrs_into(attrs: &mut BTreeMap<u64, FolderAttrs>, a: FolderAttrs) {
-    match attrs.remove(&a.target) {
-        Some(older) => add_attrs(attrs, older, a),
-        None => {
-            attrs.insert(a.target, a);
-        }
-    }
+    let a = match attrs.remove(&a.target) {
+        Some(older) => merged(older, a),
+        None => a,
+    };
+    attrs.insert(a.target, a);
 }
 
 impl State {

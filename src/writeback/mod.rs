@@ -17,11 +17,12 @@
 //! Staging files hold plaintext (the one exception to "nothing plaintext on disk", DESIGN.md),
 //! so they and their directory are private to the user (0600 / 0700) and emptied as soon as
 //! their upload is committed. A small file is staged in memory (`staging.rs`) and reaches the
-//! disk only in its journal record, which holds the same plaintext under the same rules. The journal (`journal.rs`, an append-only log) holds one entry per
-//! sealed staging file, written and synced with the file's data before `close()`/`fsync()`
-//! returns, so an acknowledged write is on disk and will be uploaded by this mount or the next
-//! one. Later changes to a queued file's name, folder, mode and times are in the journal when
-//! the call returns (a crash of the daemon keeps them) and on the disk at its next sync.
+//! disk only in its journal record, which holds the same plaintext under the same rules. The
+//! journal (`journal.rs`, an append-only log) holds one entry per sealed staging file, written
+//! and synced with the file's data before `close()`/`fsync()` returns, so an acknowledged
+//! write is on disk and will be uploaded by this mount or the next one. Later changes to a
+//! queued file's name, folder, mode and times are in the journal when the call returns (a
+//! crash of the daemon keeps them) and on the disk at its next sync.
 
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::DirBuilderExt;
@@ -38,11 +39,11 @@ pub use journal::Mark;
 use staging::Pool;
 pub use staging::{Hold, Staged};
 
+use crate::content::Content;
+
 // A file kept in memory has no staging file to sync at `close()`: its content must fit the
 // journal record that makes it durable.
 const _: () = assert!(staging::MEMORY_MAX <= journal::INLINE_MAX);
-
-use crate::content::Content;
 
 #[derive(Debug, Error)]
 pub enum WritebackError {
@@ -233,11 +234,6 @@ impl Writeback {
     /// reused while its path is read (its content kept in memory comes as bytes).
     pub fn content(&self, id: u64) -> Result<(Content, Hold)> {
         self.staging.content(id).map_err(self.io_error(id))
-    }
-
-    /// Keeps staging file `id` from being reused while its path is read (an upload).
-    pub fn hold(&self, id: u64) -> Result<Hold> {
-        self.staging.hold(id).map_err(self.io_error(id))
     }
 
     /// Seals a staging file into the journal: its data and the entry reach the disk before this

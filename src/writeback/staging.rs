@@ -238,12 +238,7 @@ impl Staged {
         match &*self.body.place.read() {
             Place::File(file) => file.read_exact_at(buf, offset),
             Place::Memory(mem) => {
-                let start = usize::try_from(offset).unwrap_or(usize::MAX);
-                let src = start
-                    .checked_add(buf.len())
-                    .and_then(|end| mem.get(start..end))
-                    .ok_or(std::io::ErrorKind::UnexpectedEof)?;
-                buf.copy_from_slice(src);
+                buf.copy_from_slice(crate::content::slice_at(mem, offset, buf.len())?);
                 Ok(())
             }
         }
@@ -538,9 +533,9 @@ impl Shared {
         }
     }
 
-    /// A file named `<id>` for content that was kept in memory until now: a ready one renamed
-    /// (its reserved id is simply not used), else a free one, else a new one. With whether it
-    /// was renamed.
+    /// A file named `<id>` (content kept in memory until now, or a `create` that found no file
+    /// named ahead for a newer id): a ready one renamed (its reserved id is simply not used),
+    /// else a free one, else a new one. With whether it was renamed.
     fn file_for(&self, id: u64) -> std::io::Result<(File, bool)> {
         let path = self.path_of(id);
         let (ready, free, top_up) = {
@@ -562,16 +557,10 @@ impl Shared {
             }
             let _ = std::fs::remove_file(self.path_of(from));
         }
-        self.free_or_new(&path, free)
-    }
-
-    /// A file at `path`: free file `free` renamed and emptied, else a new one (0600). With
-    /// whether it was renamed.
-    fn free_or_new(&self, path: &Path, free: Option<u64>) -> std::io::Result<(File, bool)> {
         if let Some(n) = free
-            && std::fs::rename(self.free_path(n), path).is_ok()
+            && std::fs::rename(self.free_path(n), &path).is_ok()
         {
-            let file = OpenOptions::new().read(true).write(true).open(path)?;
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
             if file.metadata()?.len() > 0 {
                 file.set_len(0)?;
             }
@@ -582,7 +571,7 @@ impl Shared {
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(path)?;
+            .open(&path)?;
         Ok((file, false))
     }
 }
@@ -728,40 +717,29 @@ impl Pool {
     /// rename, where naming every overtaken file again would cost one each time.
     pub fn create(&self) -> std::io::Result<Staged> {
         let mut state = self.shared.state.lock();
-        let (id, ready) = match state.ready.pop_front() {
-            Some((ready_id, file)) if ready_id > state.last_given => (ready_id, Some((file, None))),
-            Some((ready_id, file)) => (state.take_id(), Some((file, Some(ready_id)))),
-            None => (state.take_id(), None),
+        let named = match state.ready.front() {
+            Some(&(ready_id, _)) if ready_id > state.last_given => state.ready.pop_front(),
+            _ => None,
+        };
+        let id = match &named {
+            Some((ready_id, _)) => *ready_id,
+            None => state.take_id(),
         };
         state.last_given = id;
         let hold = self.claim(&mut state, id);
-        let free = if ready.is_none() {
-            state.free.pop()
-        } else {
-            None
-        };
-        let top_up = state.wants_top_up(self.shared.max_open_free);
+        let top_up = named.is_some() && state.wants_top_up(self.shared.max_open_free);
         drop(state);
         if top_up {
             let _ = self.shared.send(Job::TopUp);
         }
-        let path = self.path_of(id);
-        let file_body = |file, reused| Staged {
+        let (file, reused) = match named {
+            Some((_, file)) => (file, true),
+            None => self.shared.file_for(id)?,
+        };
+        Ok(Staged {
             body: Body::new(id, Place::File(file), reused, &self.shared),
             hold,
-        };
-        match ready {
-            Some((file, None)) => return Ok(file_body(file, true)),
-            Some((file, Some(overtaken))) => {
-                if std::fs::rename(self.path_of(overtaken), &path).is_ok() {
-                    return Ok(file_body(file, true));
-                }
-                let _ = std::fs::remove_file(self.path_of(overtaken));
-            }
-            None => {}
-        }
-        let (file, reused) = self.shared.free_or_new(&path, free)?;
-        Ok(file_body(file, reused))
+        })
     }
 
     /// Opens staging file `id` again (after a remount, or to read it besides its writer).
